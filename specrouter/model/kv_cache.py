@@ -1,0 +1,88 @@
+"""Static KV cache with one length per row: rollback is setting a length (gpt-fast style).
+
+Boundary: the cache knows shapes and lengths, nothing about models or speculation.
+
+Rows: a forward over B rows uses slots [0, B); the engine keeps live rows packed at the front
+(``move_row`` when one finishes), so reads and writes are slices, never gathers.
+
+Invariants
+----------
+* ``k[layer][b, :, :lengths[b]]`` holds the keys of exactly the tokens row ``b`` has seen; entries
+  past ``lengths[b]`` are garbage and never attended to (the attention mask stops at the row's own
+  positions), so rolling back never has to clear memory.
+* ``lengths`` lives on the host: the engine needs the accepted counts on the host once per
+  speculative step anyway (control flow depends on them), so keeping them there costs no extra sync.
+* ``capacity = max_seq_len + slack``: a ragged forward pads short rows up to the longest one, and
+  the padding is written past the row's real tokens; the slack keeps those writes in bounds.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PAD_SLACK = 64  # max tokens per forward beyond max_seq_len that padding may write
+
+
+class KVCache:
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, max_seq_len: int,
+                 dtype: torch.dtype, device: torch.device | str = "cpu"):
+        if batch_size <= 0 or max_seq_len <= 0:
+            raise ValueError("batch_size and max_seq_len must be positive")
+        self.batch_size = batch_size
+        self.max_seq_len = max_seq_len
+        self.capacity = max_seq_len + PAD_SLACK
+        shape = (batch_size, n_kv_heads, self.capacity, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.lengths: list[int] = [0] * batch_size
+
+    # ------------------------------------------------------------------ bookkeeping
+    def rollback(self, row: int, length: int) -> None:
+        """Forget everything row ``row`` saw after its first ``length`` tokens."""
+        if not 0 <= length <= self.lengths[row]:
+            raise ValueError(f"rollback of row {row} to {length}, but it holds {self.lengths[row]} tokens")
+        self.lengths[row] = length
+
+    def reset(self, row: int | None = None) -> None:
+        if row is None:
+            self.lengths = [0] * self.batch_size
+        else:
+            self.lengths[row] = 0
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row ``src`` into slot ``dst`` (batch compaction when a row finishes)."""
+        n = self.lengths[src]
+        for k, v in zip(self.k, self.v):
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
+        self.lengths[dst] = n
+
+    def check_room(self, n_new: list[int]) -> None:
+        """Raise if appending n_new[b] tokens to row b would pass the context length."""
+        for b, n in enumerate(n_new):
+            if self.lengths[b] + n > self.max_seq_len:
+                raise ValueError(f"row {b}: {self.lengths[b]} + {n} tokens exceed the context of "
+                                 f"{self.max_seq_len}")
+
+    # ------------------------------------------------------------------ per-layer writes
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+              start: int | None) -> None:
+        """Store new keys/values.
+
+        k, v: [B, n_kv_heads, T, head_dim]; positions: [B, T] absolute positions.
+        ``start`` is the common first position when every row starts at the same length (a plain
+        slice write, the decode fast path); ``None`` means rows differ and we scatter per row.
+        """
+        B, T = k.shape[0], k.shape[2]
+        if start is not None:
+            self.k[layer][:B, :, start:start + T] = k
+            self.v[layer][:B, :, start:start + T] = v
+        else:
+            rows = torch.arange(B, device=k.device)[:, None]  # [B, 1]
+            # Advanced indices on dims 0 and 2 move to the front: target view is [B, T, H, D].
+            self.k[layer][rows, :, positions] = k.transpose(1, 2)
+            self.v[layer][rows, :, positions] = v.transpose(1, 2)
+
+    def view(self, layer: int, rows: int, n_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of the first ``n_keys`` positions of rows [0, rows): [rows, n_kv_heads, n_keys, head_dim]."""
+        return self.k[layer][:rows, :, :n_keys], self.v[layer][:rows, :, :n_keys]
