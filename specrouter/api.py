@@ -50,7 +50,7 @@ class Output:
 
 class SpecRouter:
     def __init__(self, models: dict[str, LoadedModel], levels: list[str], spec_len: str = "heuristic",
-                 max_seq_len: int = 4096, ngram: tuple[int, int] = (3, 2)):
+                 max_seq_len: int = 4096, max_batch: int = 8, ngram: tuple[int, int] = (3, 2)):
         self.models, self.levels = models, levels
         self.target = models[levels[-1]]
         self.tokenizer: Tokenizer = self.target.tokenizer
@@ -67,7 +67,7 @@ class SpecRouter:
             raise NotImplementedError("chains of more than two levels are not supported by this engine yet")
         policy = parse_length_policy(spec_len if drafter else "fixed:0")
         self.engine = SpeculativeEngine(self.target.model, drafter, policy, self.tokenizer.eos_ids, vocab,
-                                        self.max_seq_len)
+                                        self.max_seq_len, max_batch)
 
     @classmethod
     def from_chain(cls, chain: str, dtype: str = "auto", device: str = "cpu", progress: bool = True,
@@ -90,7 +90,8 @@ class SpecRouter:
             return self.tokenizer.chat([{"role": "user", "content": prompt}])
         return self.tokenizer.encode(prompt)
 
-    def _stop_check(self, stop: tuple[str, ...]):
+    def stop_check(self, stop: tuple[str, ...]):
+        """Engine callback for stop strings: decodes only a tail of the generated ids."""
         if not stop:
             return None
         window = max(16, 4 * max(len(s) for s in stop))
@@ -108,11 +109,7 @@ class SpecRouter:
     def generate_ids(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
                      on_tokens=None) -> list[Generation]:
         plist = params if isinstance(params, list) else [params] * len(prompts)
-        for i, p in enumerate(prompts):
-            if len(p) + 1 > self.max_seq_len:
-                raise ValueError(f"prompt {i} is {len(p)} tokens long; the context holds {self.max_seq_len} "
-                                 f"(prompt plus at least one new token)")
-        return self.engine.generate(prompts, plist, [self._stop_check(p.stop) for p in plist], on_tokens)
+        return self.engine.generate(prompts, plist, [self.stop_check(p.stop) for p in plist], on_tokens)
 
     def generate(self, prompts: list[str | list[dict]], params: SamplingParams | list[SamplingParams],
                  chat: bool = True, on_tokens=None) -> list[Output]:

@@ -4,7 +4,8 @@
 * ``heuristic`` — transformers' rule: +2 after a step where every draft was accepted, -1 otherwise,
                   kept within [min_len, max_len].
 
-Per-row state lives in lists indexed by batch slot; ``remove_row`` mirrors the engine's compaction.
+Per-row state lives in lists indexed by batch slot; ``add_row`` / ``remove_row`` mirror the
+engine's admission and compaction of rows.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class FixedLength:
         self.k = k
         self.name = f"fixed:{k}"
 
-    def start(self, n_rows: int) -> None:
+    def add_row(self, row: int) -> None:
         pass
 
     def propose(self, row: int) -> int:
@@ -49,8 +50,9 @@ class HeuristicLength:
         self.initial, self.min_len, self.max_len = initial, min_len, max_len
         self.k: list[int] = []
 
-    def start(self, n_rows: int) -> None:
-        self.k = [self.initial] * n_rows
+    def add_row(self, row: int) -> None:
+        assert row == len(self.k), "rows are added at the end"
+        self.k.append(self.initial)
 
     def propose(self, row: int) -> int:
         return self.k[row]

@@ -4,8 +4,9 @@ Boundary: a drafter sees token ids and per-row sampling state, never text. The e
 committed sequences; a drafter keeps whatever private state it needs (a KV cache, an n-gram index)
 and must leave it consistent with the committed text after ``observe``.
 
-Row protocol (shared by every level of a chain): rows are slots [0, B) packed at the front;
-``start`` opens rows, ``remove_row`` retires one by moving the last live row into its slot.
+Row protocol (shared by every level of a chain and the length policies): live rows are slots
+[0, B) packed at the front; ``add_row(B, prompt)`` opens slot B (continuous batching admits
+requests between steps), ``remove_row`` retires one by moving the last live row into its slot.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ class Draft:
 class Drafter(Protocol):
     name: str
 
-    def start(self, prompts: list[list[int]]) -> None:
-        """Open rows [0, len(prompts)) with these prompts (the whole committed text so far)."""
+    def reserve(self, max_batch: int) -> None:
+        """Make room for up to ``max_batch`` live rows (called while no row is live)."""
+
+    def add_row(self, row: int, prompt: list[int]) -> None:
+        """Open slot ``row`` (== number of live rows) with this prompt (its whole committed text)."""
 
     def propose(self, committed: list[list[int]], k: list[int], params: list[SamplingParams],
                 generators: list[torch.Generator]) -> Draft:

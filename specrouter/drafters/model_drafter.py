@@ -19,15 +19,16 @@ class ModelDrafter:
         self.model, self.name, self.vocab, self.max_seq_len = model, name, vocab, max_seq_len
         self.cache = None
 
-    def start(self, prompts: list[list[int]]) -> None:
-        if self.cache is None or self.cache.batch_size < len(prompts):
-            self.cache = self.model.new_cache(len(prompts), self.max_seq_len)
-        self.cache.reset()
+    def reserve(self, max_batch: int) -> None:
+        if self.cache is None or self.cache.batch_size < max_batch:
+            self.cache = self.model.new_cache(max_batch, self.max_seq_len)
+
+    def add_row(self, row: int, prompt: list[int]) -> None:
+        self.cache.reset(row)
         # Prefill all but the last prompt token: that one is fed by the first propose().
-        heads = [p[:-1] for p in prompts]
-        if max(len(h) for h in heads) > 0:
-            self.model(pad_rows(heads, device=self.model.device), self.cache, n_new=[len(h) for h in heads],
-                       logits_for="last")
+        if len(prompt) > 1:
+            self.model(torch.tensor([prompt[:-1]], device=self.model.device), self.cache, logits_for="last",
+                       row0=row)
 
     def propose(self, committed: list[list[int]], k: list[int], params: list[SamplingParams],
                 generators: list[torch.Generator]) -> Draft:

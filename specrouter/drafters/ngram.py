@@ -38,7 +38,10 @@ class NgramDrafter:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.vocab, self.max_ngram, self.min_ngram = vocab, max_ngram, min_ngram
 
-    def start(self, prompts: list[list[int]]) -> None:
+    def reserve(self, max_batch: int) -> None:
+        pass
+
+    def add_row(self, row: int, prompt: list[int]) -> None:
         pass  # stateless: the committed text is the index
 
     def propose(self, committed: list[list[int]], k: list[int], params: list[SamplingParams],

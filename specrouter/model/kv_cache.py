@@ -2,8 +2,9 @@
 
 Boundary: the cache knows shapes and lengths, nothing about models or speculation.
 
-Rows: a forward over B rows uses slots [0, B); the engine keeps live rows packed at the front
-(``move_row`` when one finishes), so reads and writes are slices, never gathers.
+Rows: a forward over B rows uses slots [row0, row0 + B) (the whole live batch, or one joining row
+during its prefill); the engine keeps live rows packed at the front (``move_row`` when one
+finishes), so reads and writes are slices, never gathers.
 
 Invariants
 ----------
@@ -57,32 +58,32 @@ class KVCache:
             v[dst, :, :n] = v[src, :, :n]
         self.lengths[dst] = n
 
-    def check_room(self, n_new: list[int]) -> None:
-        """Raise if appending n_new[b] tokens to row b would pass the context length."""
-        for b, n in enumerate(n_new):
+    def check_room(self, row0: int, n_new: list[int]) -> None:
+        """Raise if appending n_new[i] tokens to row row0 + i would pass the context length."""
+        for b, n in enumerate(n_new, row0):
             if self.lengths[b] + n > self.max_seq_len:
                 raise ValueError(f"row {b}: {self.lengths[b]} + {n} tokens exceed the context of "
                                  f"{self.max_seq_len}")
 
     # ------------------------------------------------------------------ per-layer writes
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+    def write(self, layer: int, row0: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
               start: int | None) -> None:
         """Store new keys/values.
 
-        k, v: [B, n_kv_heads, T, head_dim]; positions: [B, T] absolute positions.
+        Rows [row0, row0 + B). k, v: [B, n_kv_heads, T, head_dim]; positions: [B, T] absolute positions.
         ``start`` is the common first position when every row starts at the same length (a plain
         slice write, the decode fast path); ``None`` means rows differ and we scatter per row.
         """
         B, T = k.shape[0], k.shape[2]
         if start is not None:
-            self.k[layer][:B, :, start:start + T] = k
-            self.v[layer][:B, :, start:start + T] = v
+            self.k[layer][row0:row0 + B, :, start:start + T] = k
+            self.v[layer][row0:row0 + B, :, start:start + T] = v
         else:
-            rows = torch.arange(B, device=k.device)[:, None]  # [B, 1]
+            rows = torch.arange(row0, row0 + B, device=k.device)[:, None]  # [B, 1]
             # Advanced indices on dims 0 and 2 move to the front: target view is [B, T, H, D].
             self.k[layer][rows, :, positions] = k.transpose(1, 2)
             self.v[layer][rows, :, positions] = v.transpose(1, 2)
 
-    def view(self, layer: int, rows: int, n_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values of the first ``n_keys`` positions of rows [0, rows): [rows, n_kv_heads, n_keys, head_dim]."""
-        return self.k[layer][:rows, :, :n_keys], self.v[layer][:rows, :, :n_keys]
+    def view(self, layer: int, row0: int, rows: int, n_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """First ``n_keys`` positions of rows [row0, row0 + rows): [rows, n_kv_heads, n_keys, head_dim]."""
+        return self.k[layer][row0:row0 + rows, :, :n_keys], self.v[layer][row0:row0 + rows, :, :n_keys]

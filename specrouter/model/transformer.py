@@ -64,7 +64,7 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(w["post_attention_layernorm.weight"], args.norm_eps)
         self.hidden_dim = args.hidden_dim
 
-    def forward(self, x, layer: int, cache: KVCache, cos, sin, positions, start, n_keys, mask):
+    def forward(self, x, layer: int, cache: KVCache, row0: int, cos, sin, positions, start, n_keys, mask):
         B, T, _ = x.shape
         qkv = self.qkv(self.attn_norm(x))
         q, k, v = qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
@@ -72,8 +72,8 @@ class Block(nn.Module):
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        cache.write(layer, k, v, positions, start)
-        keys, values = cache.view(layer, B, n_keys)
+        cache.write(layer, row0, k, v, positions, start)
+        keys, values = cache.view(layer, row0, B, n_keys)
         att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              enable_gqa=self.n_heads != self.n_kv)
         x = x + self.o(att.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
@@ -120,20 +120,20 @@ class Transformer(nn.Module):
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, n_new: list[int] | None = None,
-                logits_for: str = "all") -> torch.Tensor:
+                logits_for: str = "all", row0: int = 0) -> torch.Tensor:
         """Append ``tokens`` to each row of ``cache`` and return logits.
 
-        tokens: [B, T] int64 for cache rows [0, B); row b's real tokens are ``tokens[b, :n_new[b]]``
-        (the rest is padding).
+        tokens: [B, T] int64 for cache rows [row0, row0 + B); row b's real tokens are
+        ``tokens[b, :n_new[b]]`` (the rest is padding).
         logits_for: "all" -> [B, T, V]; "last" -> [B, 1, V] at each row's last real token.
-        Returns float32 logits. Advances ``cache.lengths[b]`` by ``n_new[b]``.
+        Returns float32 logits. Advances ``cache.lengths[row0 + b]`` by ``n_new[b]``.
         """
         B, T = tokens.shape
-        if B > cache.batch_size:
-            raise ValueError(f"batch of {B} rows for a cache of {cache.batch_size}")
+        if row0 + B > cache.batch_size:
+            raise ValueError(f"rows [{row0}, {row0 + B}) for a cache of {cache.batch_size}")
         n_new = [T] * B if n_new is None else list(n_new)
-        cache.check_room(n_new)
-        lengths = cache.lengths[:B]
+        cache.check_room(row0, n_new)
+        lengths = cache.lengths[row0:row0 + B]
         same_start = all(L == lengths[0] for L in lengths)
         base = torch.tensor(lengths, device=self.device)[:, None]  # [B, 1]
         positions = base + torch.arange(T, device=self.device)[None, :]  # [B, T]
@@ -149,9 +149,9 @@ class Transformer(nn.Module):
 
         x = F.embedding(tokens, self.embed)
         for i, block in enumerate(self.blocks):
-            x = block(x, i, cache, cos, sin, positions, start, n_keys, mask)
+            x = block(x, i, cache, row0, cos, sin, positions, start, n_keys, mask)
         for b in range(B):
-            cache.lengths[b] += n_new[b]
+            cache.lengths[row0 + b] += n_new[b]
 
         if logits_for == "last":
             if all(n == T for n in n_new):

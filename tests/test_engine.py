@@ -1,0 +1,136 @@
+"""The speculative loop: greedy output identical to the target alone, sampled output distributed
+as the target's, batches with ragged acceptance, continuous batching and stops."""
+
+import pytest
+import torch
+from stats import chi_square_pvalue
+from tiny import perturbed, tiny_config, tiny_hf_model
+
+from specrouter.drafters.model_drafter import ModelDrafter
+from specrouter.drafters.ngram import NgramDrafter
+from specrouter.engine import SpeculativeEngine
+from specrouter.model.args import ModelArgs
+from specrouter.sampling import SamplingParams, probs_from_logits
+from specrouter.speclen import FixedLength, HeuristicLength
+
+
+def models(vocab=259, noise=0.05, layers=2):
+    cfg = tiny_config(vocab=vocab, layers=layers)
+    hf = tiny_hf_model(cfg, 0)
+    args = ModelArgs.from_hf_config(cfg.to_dict())
+    from specrouter.model.transformer import Transformer
+    t = Transformer(args, hf.state_dict(), dtype=torch.float32)
+    d = Transformer(args, perturbed(hf, noise, 1).state_dict(), dtype=torch.float32)
+    return t, d
+
+
+T, D = models()
+PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3], [100, 50, 25], [7] * 20, list(range(60, 90))]
+
+
+def target_only(prompts, params):
+    return [g.tokens for g in SpeculativeEngine(T, None, eos_ids=frozenset([258])).generate(prompts, params)]
+
+
+@pytest.mark.parametrize("drafter,policy,max_batch", [
+    ("model", FixedLength(1), 1), ("model", FixedLength(4), 4), ("model", FixedLength(7), 2),
+    ("model", HeuristicLength(), 4), ("ngram", FixedLength(3), 4), ("ngram", HeuristicLength(2, 1, 6), 3),
+])
+def test_greedy_equals_target_only(drafter, policy, max_batch):
+    params = SamplingParams(max_new_tokens=40)
+    ref = target_only(PROMPTS, params)
+    dr = ModelDrafter(D, "draft", 259, 512) if drafter == "model" else NgramDrafter(259, 3, 1)
+    eng = SpeculativeEngine(T, dr, policy, frozenset([258]), max_batch=max_batch)
+    gens = eng.generate(PROMPTS, params)
+    assert [g.tokens for g in gens] == ref
+    total_acc = sum(g.stats.accepted for g in gens)
+    assert total_acc > 0  # speculation actually happened
+    assert sum(g.stats.steps for g in gens) < sum(len(g.tokens) for g in gens)
+    # ragged acceptance inside the batch: rows accepted different numbers of drafts
+    assert len({round(g.stats.acceptance_rate, 3) for g in gens}) > 1
+
+
+def test_cache_invariants_after_every_step():
+    dr = ModelDrafter(D, "draft", 259, 512)
+    eng = SpeculativeEngine(T, dr, HeuristicLength(), frozenset(), max_batch=4)
+    reqs = [eng.add(p, SamplingParams(max_new_tokens=30, ignore_eos=True)) for p in PROMPTS]
+    while eng.has_work():
+        eng.step()
+        for b, r in enumerate(eng.rows):
+            assert r.slot == b
+            assert eng.cache.lengths[b] == len(r.committed) - 1  # target: committed[:-1]
+            assert dr.cache.lengths[b] <= len(r.committed) - 1  # drafter: a prefix, never more
+    assert all(len(r.gen.tokens) == 30 and r.gen.finish_reason == "length" for r in reqs)
+
+
+def test_continuous_batching_admits_and_aborts():
+    params = SamplingParams(max_new_tokens=25, ignore_eos=True)
+    ref = target_only(PROMPTS, params)
+    eng = SpeculativeEngine(T, ModelDrafter(D, "draft", 259, 512), FixedLength(3), frozenset(), max_batch=2)
+    a, b = eng.add(PROMPTS[0], params), eng.add(PROMPTS[1], params)
+    eng.step()
+    c = eng.add(PROMPTS[2], params)  # waits: the batch is full
+    assert c.slot is None and len(eng.rows) == 2
+    eng.abort(b)
+    eng.step()  # b leaves, c joins mid-flight
+    assert b.gen.finish_reason == "abort" and c.slot is not None
+    d = eng.add(PROMPTS[3], params)
+    while eng.has_work():
+        eng.step()
+    assert a.gen.tokens == ref[0] and c.gen.tokens == ref[2] and d.gen.tokens == ref[3]
+
+
+def test_eos_and_max_tokens_and_stop_callback():
+    params = SamplingParams(max_new_tokens=12)
+    ref = target_only([PROMPTS[0]], SamplingParams(max_new_tokens=12, ignore_eos=True))[0]
+    eos = ref[5]
+    eng = SpeculativeEngine(T, ModelDrafter(D, "draft", 259, 512), FixedLength(4), frozenset([eos]))
+    g = eng.generate([PROMPTS[0]], params)[0]
+    assert g.tokens == ref[:ref.index(eos) + 1] and g.finish_reason == "stop"
+    eng2 = SpeculativeEngine(T, ModelDrafter(D, "draft", 259, 512), FixedLength(4), frozenset())
+    g2 = eng2.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12), stop_checks=[lambda ids: len(ids) >= 3])[0]
+    assert g2.tokens == ref[:3] and g2.finish_reason == "stop"
+
+
+def test_prompt_longer_than_context_is_rejected():
+    eng = SpeculativeEngine(T, None, max_seq_len=16)
+    with pytest.raises(ValueError, match="context"):
+        eng.add(list(range(16)), SamplingParams())
+    assert not eng.has_work()
+
+
+def _exact_joint(model, prompt, params):
+    """p(t1, t2) of the target under ``params``, by enumeration: [V, V]."""
+    from specrouter.model.transformer import Transformer  # noqa: F401
+    V = model.args.vocab_size
+    p1 = probs_from_logits(model(torch.tensor([prompt]), model.new_cache(1, 64))[0, -1], params)
+    rows = torch.tensor([prompt + [t] for t in range(V)])
+    p2 = probs_from_logits(model(rows, model.new_cache(V, 64))[:, -1], params)
+    return p1[:, None] * p2
+
+
+@pytest.mark.parametrize("drafter,params", [
+    ("model", SamplingParams(temperature=1.0, max_new_tokens=3, ignore_eos=True)),
+    ("model", SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=3, ignore_eos=True)),
+    ("ngram", SamplingParams(temperature=1.0, max_new_tokens=3, ignore_eos=True)),
+])
+def test_sampled_output_follows_target_distribution(drafter, params):
+    V = 8
+    t, d = models(vocab=V, noise=0.1, layers=1)
+    prompt = [1, 2, 3, 1, 2, 3, 1, 2]
+    joint = _exact_joint(t, prompt, params).flatten()
+    dr = ModelDrafter(d, "draft", V, 64) if drafter == "model" else NgramDrafter(V, 2, 1)
+    eng = SpeculativeEngine(t, dr, FixedLength(3), frozenset(), max_seq_len=64, max_batch=64)
+    n = 4000
+    plist = [SamplingParams(**{**params.__dict__, "seed": i}) for i in range(n)]
+    gens = eng.generate([prompt] * n, plist)
+    outs = torch.tensor([g.tokens[0] * V + g.tokens[1] for g in gens])
+    assert sum(g.stats.accepted for g in gens) > n // (10 if drafter == "model" else 100)  # drafts accepted
+    assert chi_square_pvalue(torch.bincount(outs, minlength=V * V), joint) > 1e-3
+
+
+def test_same_seed_same_output():
+    params = SamplingParams(temperature=0.9, max_new_tokens=20, seed=123)
+    a = SpeculativeEngine(T, ModelDrafter(D, "d", 259, 512), FixedLength(3)).generate([PROMPTS[0]], params)[0]
+    b = SpeculativeEngine(T, ModelDrafter(D, "d", 259, 512), FixedLength(3)).generate([PROMPTS[0]], params)[0]
+    assert a.tokens == b.tokens

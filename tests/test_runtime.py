@@ -1,0 +1,98 @@
+"""The native runtime against transformers, and the KV cache's rollback invariants."""
+
+import pytest
+import torch
+from tiny import tiny_config, tiny_hf_model
+
+from specrouter.model.args import ModelArgs
+from specrouter.model.linear import DenseLinear
+from specrouter.model.transformer import Transformer
+
+
+def build(cfg, seed=0, dtype=torch.float32):
+    hf = tiny_hf_model(cfg, seed)
+    return hf, Transformer(ModelArgs.from_hf_config(cfg.to_dict()), hf.state_dict(), dtype=dtype)
+
+
+@pytest.mark.parametrize("arch,tie", [("qwen2", False), ("qwen2", True), ("llama", False), ("mistral", True)])
+def test_logits_match_transformers_fp32(arch, tie):
+    hf, ours = build(tiny_config(arch, tie=tie, layers=3))
+    tok = torch.randint(0, 259, (2, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = hf(tok).logits
+    cache = ours.new_cache(2, 64)
+    # prefill in two chunks, then token by token: every path through the cache must agree
+    out = torch.cat([ours(tok[:, :9], cache), ours(tok[:, 9:12], cache)]
+                    + [ours(tok[:, i:i + 1], cache) for i in range(12, 17)], dim=1)
+    assert (out - ref).abs().max().item() <= 1e-3
+    assert cache.lengths == [17, 17]
+
+
+def test_ragged_batch_equals_rows_alone():
+    hf, m = build(tiny_config())
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randint(0, 259, (1, 11), generator=g), torch.randint(0, 259, (1, 5), generator=g)
+    cache = m.new_cache(2, 64)
+    m(torch.stack([a[0, :6], b[0, :6] if b.shape[1] >= 6 else torch.cat([b[0], b[0, :1]])]), cache, n_new=[6, 4])
+    # row 0 has 6 tokens, row 1 has 4; now ragged continuation: 5 more for row 0, 1 for row 1
+    out = m(torch.stack([a[0, 6:11], torch.cat([b[0, 4:5], torch.zeros(4, dtype=torch.long)])]), cache,
+            n_new=[5, 1])
+    with torch.no_grad():
+        ra, rb = hf(a).logits[0], hf(b[:, :5]).logits[0]
+    assert (out[0] - ra[6:11]).abs().max() < 1e-4
+    assert (out[1, 0] - rb[4]).abs().max() < 1e-4
+    assert cache.lengths == [11, 5]
+
+
+def test_rollback_then_refeed_reproduces_logits():
+    _, m = build(tiny_config())
+    tok = torch.randint(0, 259, (1, 12), generator=torch.Generator().manual_seed(2))
+    cache = m.new_cache(1, 64)
+    m(tok[:, :8], cache)
+    first = m(tok[:, 8:12], cache)
+    assert cache.lengths == [12]
+    cache.rollback(0, 9)  # keep 9 tokens: the garbage past position 9 must be invisible
+    again = m(tok[:, 9:12], cache)
+    assert torch.allclose(again, first[:, 1:], atol=1e-5)
+    with pytest.raises(ValueError):
+        cache.rollback(0, 13)
+
+
+def test_move_row_and_row_offset_forward():
+    _, m = build(tiny_config())
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randint(0, 259, (1, 7), generator=g), torch.randint(0, 259, (1, 7), generator=g)
+    cache = m.new_cache(3, 64)
+    m(a[:, :6], cache, row0=0)
+    m(b[:, :6], cache, row0=2)  # a joining row prefilled alone in slot 2
+    cache.move_row(2, 1)  # compaction: slot 2's row moves to slot 1
+    out = m(torch.cat([a[:, 6:], b[:, 6:]]), cache)
+    solo = m.new_cache(1, 64)
+    m(b[:, :6], solo)
+    assert torch.allclose(out[1], m(b[:, 6:], solo)[0], atol=1e-5)
+
+
+def test_context_overflow_is_an_error():
+    _, m = build(tiny_config())
+    cache = m.new_cache(1, 8)
+    with pytest.raises(ValueError, match="context"):
+        m(torch.zeros(1, 9, dtype=torch.long), cache)
+
+
+def test_packed_linear_matches_plain():
+    g = torch.Generator().manual_seed(4)
+    for dtype in (torch.bfloat16, torch.float32):
+        w = torch.randn(96, 64, generator=g).to(dtype)
+        bias = torch.randn(96, generator=g).to(dtype)
+        x = torch.randn(3, 5, 64, generator=g).to(dtype)
+        fast, ref = DenseLinear(w, bias, pack=True), DenseLinear(w, bias, pack=False)
+        tol = 0 if dtype == torch.bfloat16 else 1e-4
+        assert (fast(x).float() - ref(x).float()).abs().max() <= tol + 1e-2 * (dtype == torch.bfloat16)
+
+
+def test_bf16_close_to_fp32():
+    hf, m32 = build(tiny_config(), dtype=torch.float32)
+    m16 = Transformer(m32.args, hf.state_dict(), dtype=torch.bfloat16)
+    tok = torch.randint(0, 259, (1, 10), generator=torch.Generator().manual_seed(5))
+    a, b = m32(tok, m32.new_cache(1, 32)), m16(tok, m16.new_cache(1, 32))
+    assert (a.softmax(-1) - b.softmax(-1)).abs().max() < 0.05
