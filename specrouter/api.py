@@ -5,7 +5,8 @@
 
 Chain syntax: levels joined by ``>``, lowest (drafter) first, target last. A level is ``ngram``,
 a default model name (``0.5b``, ``qwen2.5-coder-1.5b``…), an HF folder or a GGUF file. A single
-level is the target alone.
+level is the target alone. ``auto`` lets the adaptive router choose, per row and step, among the
+sub-chains of a pool (default ``ngram>0.5b>1.5b``).
 
 Boundary: this layer owns text (tokenizer, chat template, stop strings); the engine owns ids.
 """
@@ -15,13 +16,21 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from .drafters.model_drafter import ModelDrafter
-from .drafters.ngram import NgramDrafter
+from .drafters.model_level import ModelLevel
 from .engine import Generation, SpeculativeEngine
 from .model.loader import LoadedModel, check_same_vocab, load_model
+from .model.registry import home
+from .router.adaptive import AdaptiveRouter
+from .router.fixed import FixedRouter
+from .router.profiler import Profiler
+from .router.similarity import Similarity, merged_prior, prior_from_text
 from .sampling import SamplingParams
-from .speclen import parse_length_policy
+from .speclen import FixedLength, parse_length_policy
+from .speculate import NGRAM
 from .tokenizer import Tokenizer
+
+
+DEFAULT_POOL = "ngram>0.5b>1.5b"
 
 
 def parse_chain(chain: str) -> list[str]:
@@ -48,38 +57,79 @@ class Output:
         return self.stats.mean_accepted_length(len(self.tokens))
 
 
+CALIBRATION_TEXT = """def merge_sorted(a, b):
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        if a[i] <= b[j]:
+            out.append(a[i]); i += 1
+        else:
+            out.append(b[j]); j += 1
+    return out + a[i:] + b[j:]
+
+The train leaves at 3:15 pm and travels 120 km at 80 km/h, so it arrives 1.5 hours later, at 4:45 pm.
+Thank you for your question! Here are three tips for a good night's sleep: keep a regular schedule,
+avoid screens before bed, and keep your bedroom cool and dark."""
+
+
 class SpecRouter:
-    def __init__(self, models: dict[str, LoadedModel], levels: list[str], spec_len: str = "heuristic",
-                 max_seq_len: int = 4096, max_batch: int = 8, ngram: tuple[int, int] = (3, 2)):
-        self.models, self.levels = models, levels
+    """A pool of levels, an engine over it, and the tokenizer around it.
+
+    ``levels`` is the chain (lowest first, target last), or with ``auto=True`` the pool the
+    adaptive router picks sub-chains from. ``spec_len`` sets the top draft length policy
+    (default: heuristic for a fixed chain, the router's cost model under ``auto``).
+    """
+
+    def __init__(self, models: dict[str, LoadedModel], levels: list[str], spec_len: str | None = None,
+                 auto: bool = False, max_seq_len: int = 4096, max_batch: int = 8, ngram: tuple[int, int] = (3, 2),
+                 explore: float = 0.05, progress: bool = False):
+        self.models, self.levels = models, list(levels)
         self.target = models[levels[-1]]
         self.tokenizer: Tokenizer = self.target.tokenizer
-        chain_models = [models[x] for x in levels if x != "ngram"]
+        chain_models = [models[x] for x in levels if x != NGRAM]
         check_same_vocab(chain_models)
         vocab = min(m.args.vocab_size for m in chain_models)
         self.max_seq_len = min(max_seq_len, *(m.args.max_position for m in chain_models))
-        drafter = None
-        if len(levels) == 2:
-            low = levels[0]
-            drafter = (NgramDrafter(vocab, *ngram) if low == "ngram" else
-                       ModelDrafter(models[low].model, models[low].name, vocab, self.max_seq_len))
-        elif len(levels) > 2:
-            raise NotImplementedError("chains of more than two levels are not supported by this engine yet")
-        policy = parse_length_policy(spec_len if drafter else "fixed:0")
-        self.engine = SpeculativeEngine(self.target.model, drafter, policy, self.tokenizer.eos_ids, vocab,
-                                        self.max_seq_len, max_batch)
+        pool: dict = {x: ModelLevel(models[x].model, x, vocab, self.max_seq_len) for x in levels if x != NGRAM}
+        if NGRAM in levels:
+            pool[NGRAM] = ngram
+        self.pool = pool
+        if auto:
+            self.router = self._adaptive_router(pool, max_batch, spec_len, ngram, explore, progress)
+        else:
+            policy = parse_length_policy(spec_len or "heuristic") if len(levels) > 1 else FixedLength(0)
+            self.router = FixedRouter(tuple(levels), policy)
+        self.engine = SpeculativeEngine(pool, levels[-1], self.router, self.tokenizer.eos_ids, self.max_seq_len,
+                                        max_batch)
+
+    def _adaptive_router(self, pool, max_batch, spec_len, ngram, explore, progress) -> AdaptiveRouter:
+        models = {n: lv for n, lv in pool.items() if n != NGRAM}
+        profiler = Profiler.calibrate(models, max_batch, cache_dir=home() / "profiles", progress=progress)
+        for lv in models.values():
+            lv.on_timing = profiler.observe
+        ids = self.tokenizer.encode(CALIBRATION_TEXT)
+        prior, match, precision = prior_from_text(models, self.levels, ids, ngram if NGRAM in pool else None)
+        sim = Similarity(merged_prior(prior, precision), match)
+        policy = parse_length_policy(spec_len) if spec_len else None
+        return AdaptiveRouter(tuple(self.levels), profiler, sim, explore=explore, length_policy=policy)
 
     @classmethod
     def from_chain(cls, chain: str, dtype: str = "auto", device: str = "cpu", progress: bool = True,
-                   **kw) -> "SpecRouter":
-        levels = parse_chain(chain)
+                   pool: str | None = None, quant: str = "dense", **kw) -> "SpecRouter":
+        """``chain`` is a chain, or ``auto`` with ``pool`` (a chain-like path) for the adaptive router.
+        A level may name its precision (``1.5b@int4>1.5b``: the same model twice, two levels);
+        ``quant`` is the precision of levels that do not."""
+        if chain == "auto":
+            levels = parse_chain(pool or DEFAULT_POOL)
+            kw["auto"] = True
+        else:
+            levels = parse_chain(chain)
         models = {}
         for name in levels:
             if name != "ngram" and name not in models:
                 if progress:
                     print(f"loading {name} ({dtype}) ...", file=sys.stderr, flush=True)
-                models[name] = load_model(name, dtype=dtype, device=device, progress=progress)
-        return cls(models, levels, **kw)
+                models[name] = load_model(name, dtype=dtype, device=device, quant=quant, progress=progress)
+        return cls(models, levels, progress=progress, **kw)
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, prompt: str | list[dict], chat: bool = True) -> list[int]:

@@ -1,4 +1,4 @@
-"""``specrouter`` command line: generate, pull, bench, bench-runtime (and serve when installed)."""
+"""``specrouter`` command line: generate, pull, bench, bench-runtime, quant-eval, serve, bench-load."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import os
 import sys
 import time
 
-DEFAULT_CHAIN = "0.5b>1.5b"
+DEFAULT_CHAIN = "auto"
+DEFAULT_POOL = "ngram>0.5b>1.5b"
+QUANT_HELP = ("default precision of chain levels without an @suffix: dense, int8, int4, int4-g32, "
+              "[-head=dense|int8|int4] (per level: 1.5b@int4>1.5b)")
 
 
 def _threads(n: int | None) -> None:
@@ -41,7 +44,8 @@ def cmd_generate(a) -> int:
 
     _threads(a.threads)
     params = _sampling(a)  # validate before loading anything
-    sr = SpecRouter.from_chain(a.chain, dtype=a.dtype, spec_len=a.spec_len)
+    sr = SpecRouter.from_chain(a.chain, dtype=a.dtype, spec_len=a.spec_len, quant=a.quant, pool=a.pool,
+                               max_batch=1)
     prompt = [{"role": "user", "content": a.prompt}] if not a.raw else a.prompt
     ids = sr.encode_prompt(prompt, chat=not a.raw)
     dec = StreamDecoder(sr.tokenizer)
@@ -76,7 +80,8 @@ def cmd_bench(a) -> int:
     prompts = load_prompts(a.prompts, a.categories.split(",") if a.categories else None, a.per_category)
     chains = [c.strip() for c in a.chains.split(",")]
     policies = [p.strip() for p in a.spec_len.split(",")]
-    levels_all = [parse_chain(c) for c in chains]
+    # "auto" is the adaptive router over --pool; its levels are the pool's
+    levels_all = [parse_chain(a.pool if c == "auto" else c) for c in chains]
     target_name = levels_all[0][-1]
     if any(lv[-1] != target_name for lv in levels_all):
         raise ValueError("every chain in one bench run must end at the same target")
@@ -85,15 +90,30 @@ def cmd_bench(a) -> int:
         for name in lv:
             if name != "ngram" and name not in models:
                 print(f"[bench] loading {name} ({a.dtype})", file=sys.stderr, flush=True)
-                models[name] = load_model(name, dtype=a.dtype)
-    target_only = SpecRouter(models, [target_name])
+                models[name] = load_model(name, dtype=a.dtype, quant=a.quant)
+    target_only = SpecRouter(models, [target_name], max_batch=a.batch_size)
     systems = {"target": _runner(target_only)}
+    routers = {}
     for chain, lv in zip(chains, levels_all):
         if len(lv) == 1:
             continue
         for pol in policies:
             name = chain if len(policies) == 1 else f"{chain} [{pol}]"
-            systems[name] = _runner(SpecRouter(models, lv, spec_len=pol))
+            auto = chain == "auto"
+            spec = (None if auto else "heuristic") if pol == "auto" else pol
+            sr = SpecRouter(models, lv, spec_len=spec, auto=auto,
+                            max_batch=a.batch_size, progress=True)
+            systems[name] = _runner(sr)
+            if auto:
+                routers[name] = sr.router
+    if a.llamacpp:
+        from .bench.llamacpp import LlamaCppBaseline, target_gguf
+
+        gguf = target_gguf(target_name)  # a clear error when missing / not installed
+        print(f"[bench] loading llama.cpp on {gguf.name} ({torch.get_num_threads()} threads)", file=sys.stderr,
+              flush=True)
+        systems["llama.cpp"] = LlamaCppBaseline(gguf, n_threads=torch.get_num_threads(),
+                                                eos_ids=target_only.tokenizer.eos_ids)
     hf = None
     if not a.no_hf:
         draft_name = next((x for lv in levels_all for x in lv[:-1] if x != "ngram"), None)
@@ -111,7 +131,7 @@ def cmd_bench(a) -> int:
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"rows": rows, "args": vars(a)}, f)
-    print_report(per_cat, overall, primary)
+    print_report(per_cat, overall, primary, extra=_router_report(rows, routers))
     del torch
     return 0
 
@@ -121,16 +141,81 @@ def _runner(sr):
 
     def run(ids: list[list[int]], max_new: int):
         gens = sr.generate_ids(ids, SamplingParams(max_new_tokens=max_new))
-        return [(g.tokens, g.stats.steps) for g in gens]
+        return [(g.tokens, g.stats.steps, dict(g.stats.chains)) for g in gens]
     return run
+
+
+def _router_report(rows: list[dict], routers: dict) -> dict:
+    """How often each adaptive system chose each chain, per category; latency-model accuracy."""
+    import statistics
+    from collections import defaultdict
+
+    out = {}
+    for name, router in routers.items():
+        use: dict = defaultdict(lambda: defaultdict(int))
+        for r in rows:
+            for chain, n in r[name].get("chains", {}).items():
+                use[r["category"]][chain] += n
+        share = {c: {ch: n / sum(d.values()) for ch, n in d.items()} for c, d in use.items()}
+        acc = router.accuracy()
+        errs = [abs(p - r) / r for p, r in acc]
+        out[name] = {"chain_share": share, "latency_segments": len(acc),
+                     "latency_median_abs_error": statistics.median(errs) if errs else None}
+        print(f"\n[{name}] chain choice per category (share of steps):")
+        for c, d in share.items():
+            print(f"  {c:<16}" + "  ".join(f"{ch} {v:.0%}" for ch, v in sorted(d.items(), key=lambda x: -x[1])))
+        if errs:
+            print(f"[{name}] latency model: median |predicted - realized| / realized = "
+                  f"{statistics.median(errs):.1%} over {len(acc)} (request, chain) runs of >= 4 steps")
+    return out
 
 
 def cmd_bench_runtime(a) -> int:
     from .bench.runtime import print_table, run
 
     _threads(a.threads)
-    print_table(run(a.models, a.dtype, a.prompt_len, a.tokens, a.gbps, with_hf=not a.no_hf))
+    quants = tuple(q.strip() for q in a.quant.split(","))
+    print_table(run(a.models, a.dtype, a.prompt_len, a.tokens, a.gbps, with_hf=not a.no_hf, quants=quants,
+                    rounds=a.rounds))
     return 0
+
+
+def cmd_quant_eval(a) -> int:
+    from .bench.quant_eval import print_report, run
+    from .bench.spec_bench import load_prompts
+
+    _threads(a.threads)
+    prompts = load_prompts(a.prompts, a.categories.split(",") if a.categories else None, a.per_category)
+    quants = [q.strip() for q in a.quant.split(",")]
+    print_report(run(a.models, quants, prompts, a.dtype, a.new_tokens, a.max_prompt_tokens))
+    return 0
+
+
+def cmd_serve(a) -> int:
+    try:
+        from .server.app import serve
+        from .server.config import ServerConfig
+    except ImportError as e:
+        raise ValueError(f"serve needs the server extras ({e.name} is missing): pip install 'specrouter[serve]'") from None
+
+    cfg = ServerConfig(model_name=a.model_name or a.chain, host=a.host, port=a.port, max_queue=a.max_queue,
+                       api_key=a.api_key or os.environ.get("SPECROUTER_API_KEY") or None,
+                       default_max_tokens=a.default_max_tokens)  # validate before loading anything
+    if a.max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1, got {a.max_batch}")
+    _threads(a.threads)
+    from .api import SpecRouter
+
+    sr = SpecRouter.from_chain(a.chain, dtype=a.dtype, spec_len=a.spec_len, quant=a.quant, pool=a.pool,
+                               max_batch=a.max_batch, max_seq_len=a.max_seq_len)
+    serve(sr, cfg, log_level=a.log_level, access_log=not a.no_access_log)
+    return 0
+
+
+def cmd_bench_load(a) -> int:
+    from .bench.load import run_from_args
+
+    return run_from_args(a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--spec-len", default="heuristic", help="fixed:K or heuristic")
+    g.add_argument("--pool", default=DEFAULT_POOL, help="levels the 'auto' router chooses from")
+    g.add_argument("--spec-len", default=None,
+                   help="top draft length policy: fixed:K, heuristic (default for a fixed chain); "
+                        "under --chain auto the router's cost model decides unless this is given")
+    g.add_argument("--quant", default="dense", help=QUANT_HELP)
     common(g)
     g.set_defaults(fn=cmd_generate)
 
@@ -165,9 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-category", type=int, default=None)
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--batch-size", type=int, default=1)
-    b.add_argument("--chains", "--chain", default=DEFAULT_CHAIN, help="comma-separated chains, same target")
-    b.add_argument("--spec-len", default="heuristic", help="comma-separated length policies")
+    b.add_argument("--chains", "--chain", default=DEFAULT_CHAIN,
+                   help="comma-separated chains with the same target; 'auto' = adaptive router over --pool")
+    b.add_argument("--pool", default=DEFAULT_POOL, help="levels the 'auto' router chooses from")
+    b.add_argument("--spec-len", default="auto",
+                   help="comma-separated length policies (fixed:K, heuristic, ...); 'auto' = heuristic for "
+                        "fixed chains, the router's cost model for 'auto'")
     b.add_argument("--no-hf", action="store_true", help="skip transformers' assisted generation")
+    b.add_argument("--llamacpp", action="store_true",
+                   help="add llama.cpp decoding the target's GGUF (needs: pip install 'specrouter[llamacpp]')")
+    b.add_argument("--quant", default="dense", help=QUANT_HELP)
     b.add_argument("--out", default=None, help="write per-prompt rows as JSON")
     common(b)
     b.set_defaults(fn=cmd_bench)
@@ -178,8 +274,48 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tokens", type=int, default=32)
     r.add_argument("--gbps", type=float, default=17.0, help="memory bandwidth assumed for the floor")
     r.add_argument("--no-hf", action="store_true")
+    r.add_argument("--quant", default="dense",
+                   help="comma-separated precisions timed side by side, e.g. dense,int8,int4 (default %(default)s)")
+    r.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per variant")
     common(r)
     r.set_defaults(fn=cmd_bench_runtime)
+
+    qe = sub.add_parser("quant-eval", help="greedy agreement, 1-TVD and perplexity drift of quantized copies")
+    qe.add_argument("models", nargs="*", default=["0.5b", "1.5b"])
+    qe.add_argument("--prompts", required=True, help="Spec-Bench JSONL with question_id, category, turns")
+    qe.add_argument("--quant", default="int8,int4", help="comma-separated schemes compared with each model")
+    qe.add_argument("--categories", default=None, help="comma-separated subset")
+    qe.add_argument("--per-category", type=int, default=1)
+    qe.add_argument("--new-tokens", type=int, default=48, help="greedy continuation scored per prompt")
+    qe.add_argument("--max-prompt-tokens", type=int, default=512, help="skip longer prompts")
+    common(qe)
+    qe.set_defaults(fn=cmd_quant_eval)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (continuous batching)")
+    s.add_argument("--chain", default=DEFAULT_CHAIN, help="levels joined by '>', target last (default %(default)s)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback: %(default)s)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=8, help="rows decoded together (default %(default)s)")
+    s.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting for a row before new ones get HTTP 429 (default %(default)s)")
+    s.add_argument("--max-seq-len", type=int, default=4096, help="context per row, prompt + output")
+    s.add_argument("--pool", default=DEFAULT_POOL, help="levels the 'auto' router chooses from")
+    s.add_argument("--quant", default="dense", help=QUANT_HELP)
+    s.add_argument("--spec-len", default=None, help="fixed:K or heuristic (default: the chain's own policy)")
+    s.add_argument("--model-name", default=None, help="model id clients send (default: the chain)")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $SPECROUTER_API_KEY, else none)")
+    s.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request omits it")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--no-access-log", action="store_true")
+    common(s)
+    s.set_defaults(fn=cmd_serve)
+
+    bl = sub.add_parser("bench-load", help="bounded load test of a server on loopback (streaming clients)")
+    from .bench.load import add_arguments
+
+    add_arguments(bl)
+    bl.set_defaults(fn=cmd_bench_load)
     return p
 
 

@@ -1,35 +1,35 @@
-"""The speculative decoding loop over one drafter and one target, with continuous batching.
+"""The speculative decoding loop over a pool of levels, with continuous batching.
 
-Boundary: ids in, ids out. The engine knows nothing about text; stop strings reach it as a
-per-request callback that inspects generated ids (``stop_check``).
+Boundary: ids in, ids out. The engine knows nothing about text (stop strings reach it as a
+per-request callback on generated ids) and nothing about *which* chain is best: a router hands it
+a ``Plan`` (chain + draft lengths) per row and learns from the feedback.
 
 One ``step()`` reads as schedule -> run -> postprocess:
-  schedule:    admit waiting requests into free slots (prefill), retire aborted ones; each live
-               row asks the length policy for k_b (capped by its remaining budget);
-  run:         the drafter proposes; the target runs ONE forward over [last, x_1..x_k] per row;
-               greedy_verify / rejection_sample decide n_accepted and the next token;
-  postprocess: commit x_1..x_n + next, roll every cache back to the committed text, report
-               feedback to drafter and length policy, retire finished rows (compacting slots).
+  schedule:    admit waiting requests into free slots (prefill the target), retire aborted ones;
+               the router plans each live row (chain, draft lengths), capped by the row's budget;
+  run:         rows are grouped by the level right below the target, which drafts for them
+               (recursively speculating with the levels below it, see ``speculate.py``); the
+               target then scores [last, x_1..x_k] for every row in ONE forward and decides;
+  postprocess: commit accepted drafts + the target's token, roll every level's cache back to the
+               committed text, feed the router, retire finished rows (compacting slots).
 
 Invariant after every step, for each live row b with C_b committed tokens (prompt + output):
-the target's cache holds exactly committed[b][:C_b - 1]; the last committed token is the input of
-the next verification. Drafters keep their own prefix of committed[b] (see drafters/).
+the target's cache holds exactly committed[b][:C_b - 1] (the last committed token is the input
+of the next verification); every other level holds a prefix of that.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from .drafters.base import Drafter, one_hot_q
-from .model.transformer import Transformer
-from .sampling import SamplingParams, probs_from_logits
-from .speclen import FixedLength, StepFeedback
-from .verify import greedy_verify, rejection_sample
+from .drafters.model_level import ModelLevel
+from .sampling import SamplingParams
+from .speculate import NGRAM, draft, verify_round
 
 StopCheck = Callable[[list[int]], bool]  # generated ids -> True when a stop string has appeared
 OnTokens = Callable[["Request", list[int]], None]
@@ -38,10 +38,11 @@ OnTokens = Callable[["Request", list[int]], None]
 @dataclass
 class GenerationStats:
     steps: int = 0  # target forward passes after prefill
-    drafted: int = 0
+    drafted: int = 0  # drafts the target verified
     accepted: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    chains: dict = field(default_factory=lambda: defaultdict(int))  # chain -> steps that used it
 
     @property
     def acceptance_rate(self) -> float:
@@ -80,18 +81,18 @@ class Request:
 
 
 class SpeculativeEngine:
-    def __init__(self, target: Transformer, drafter: Drafter | None = None, length_policy=None,
-                 eos_ids: frozenset[int] = frozenset(), vocab: int | None = None, max_seq_len: int = 4096,
-                 max_batch: int = 8):
-        self.target, self.drafter = target, drafter
-        self.length_policy = length_policy or FixedLength(4 if drafter is not None else 0)
+    """pool: level name -> ModelLevel, plus ``"ngram": (max_ngram, min_ngram)`` when available."""
+
+    def __init__(self, pool: dict, target: str, router, eos_ids: frozenset[int] = frozenset(),
+                 max_seq_len: int = 4096, max_batch: int = 8):
+        self.pool, self.target_name, self.router = pool, target, router
+        self.target: ModelLevel = pool[target]
+        self.levels = [lv for name, lv in pool.items() if name != NGRAM]
         self.eos_ids = eos_ids
-        self.vocab = vocab or target.args.vocab_size
-        self.max_seq_len = min(max_seq_len, target.args.max_position)
+        self.max_seq_len = min(max_seq_len, *(lv.max_seq_len for lv in self.levels))
         self.max_batch = max_batch
-        self.cache = target.new_cache(max_batch, self.max_seq_len)
-        if drafter is not None:
-            drafter.reserve(max_batch)
+        for lv in self.levels:
+            lv.reserve(max_batch)
         self.rows: list[Request] = []  # live rows, rows[b].slot == b
         self.waiting: deque[Request] = deque()
 
@@ -103,8 +104,8 @@ class SpeculativeEngine:
         if len(prompt) + 1 > self.max_seq_len:
             raise ValueError(f"prompt has {len(prompt)} tokens; the context holds {self.max_seq_len} "
                              f"(prompt plus at least one new token)")
-        req = Request(Generation(list(prompt)), params, params.generator(self.target.device), stop_check, on_tokens,
-                      tag, committed=list(prompt))
+        req = Request(Generation(list(prompt)), params, params.generator(self.target.model.device), stop_check,
+                      on_tokens, tag, committed=list(prompt))
         self.waiting.append(req)
         return req
 
@@ -138,42 +139,43 @@ class SpeculativeEngine:
         committed = [r.committed for r in rows]
         params = [r.params for r in rows]
         gens = [r.generator for r in rows]
-        k = [min(self.length_policy.propose(b), self._budget(r)) if self.drafter else 0 for b, r in enumerate(rows)]
+        plans = [self.router.plan(b) for b in range(B)]
+        k = {b: min(p.ks[-1], self._budget(r)) if len(p.chain) > 1 else 0 for b, (p, r) in enumerate(zip(plans, rows))}
 
-        # --- run: draft, then one verification pass of the target over [last, drafts]
-        draft = self.drafter.propose(committed, k, params, gens) if self.drafter and max(k) > 0 else None
-        n_draft = draft.n if draft is not None else [0] * B
-        last = torch.tensor([c[-1] for c in committed], dtype=torch.long)[:, None]
-        inputs = torch.cat([last, draft.tokens.cpu()], 1) if draft is not None else last  # [B, K+1]
-        dev = self.target.device
-        logits = self.target(inputs.to(dev), self.cache, n_new=[n + 1 for n in n_draft])[..., :self.vocab]
-        dtok = inputs[:, 1:].to(dev)  # [B, K]
-        if all(p.greedy for p in params):
-            n_acc, nxt = greedy_verify(dtok, logits.argmax(-1), n_draft)
-        else:
-            p = torch.stack([probs_from_logits(logits[b], params[b]) for b in range(B)])  # [B, K+1, V]
-            q = draft.q if draft is not None and draft.q is not None else one_hot_q(dtok, self.vocab)
-            n_acc, nxt = rejection_sample(dtok, q, p, n_draft, gens)
+        # --- run: each group's top drafter proposes, then the target verifies every row at once
+        groups: dict[str, list[int]] = defaultdict(list)
+        for b, p in enumerate(plans):
+            if k[b] > 0:
+                groups[p.chain[-2]].append(b)
+        tokens: dict[int, list[int]] = {b: [] for b in range(B)}
+        qs: dict[int, torch.Tensor | None] = {b: None for b in range(B)}
+        for name, gb in groups.items():
+            t, q = draft(self.pool, name, gb, committed, k, plans, params, gens, self.router.observe,
+                         self.target_name)
+            tokens.update(t)
+            qs.update(q)
+        lowers = [plans[b].chain[-2] if tokens[b] else None for b in range(B)]
+        res = verify_round(self.target, committed, list(range(B)), [tokens[b] for b in range(B)],
+                           [qs[b] for b in range(B)], params, gens, lowers, self.router.observe)
 
         # --- postprocess
         elapsed = time.perf_counter() - t0
         for b, r in enumerate(rows):
             st = r.gen.stats
             st.steps += 1
-            st.drafted += n_draft[b]
-            st.accepted += n_acc[b]
+            st.drafted += len(tokens[b])
+            st.accepted += res.n_acc[b]
             st.decode_s += elapsed
-            new, reason = self._truncate(r, inputs[b, 1:1 + n_acc[b]].tolist() + [nxt[b]])
+            st.chains[">".join(plans[b].chain)] += 1
+            new, reason = self._truncate(r, tokens[b][:res.n_acc[b]] + [res.nxt[b]])
             r.committed.extend(new)
             r.gen.tokens.extend(new)
             if r.on_tokens is not None and new:
                 r.on_tokens(r, new)
             r.gen.finish_reason = reason
-            if reason is None:
-                self.cache.rollback(b, len(r.committed) - 1)  # drop rejected drafts: keep committed[:-1]
-                self.length_policy.observe(b, StepFeedback(n_draft[b], n_acc[b]))
-        if self.drafter is not None:
-            self.drafter.observe(committed, n_acc)
+            self.router.observe_step(b, plans[b], elapsed, len(new), r.tag)
+        for lv in self.levels:  # every level keeps only committed text (the target: committed[:-1])
+            lv.sync(committed)
         done = [r for r in rows if r.done]
         for r in done:
             self._retire(r)
@@ -196,13 +198,10 @@ class SpeculativeEngine:
     def _admit(self, r: Request) -> None:
         t0 = time.perf_counter()
         slot = len(self.rows)
-        self.cache.reset(slot)
-        if len(r.committed) > 1:  # prefill all but the last token, which the first step verifies from
-            self.target(torch.tensor([r.committed[:-1]], device=self.target.device), self.cache,
-                        logits_for="last", row0=slot)
-        if self.drafter is not None:
-            self.drafter.add_row(slot, r.committed)
-        self.length_policy.add_row(slot)
+        for lv in self.levels:
+            lv.add_row(slot)  # drafters fill lazily, on first use
+        self.target.prefill(slot, r.committed)  # prefill all but the last token, verified next step
+        self.router.add_row(slot)
         r.slot = slot
         self.rows.append(r)
         r.gen.stats.prefill_s = time.perf_counter() - t0
@@ -210,13 +209,12 @@ class SpeculativeEngine:
     def _retire(self, r: Request) -> None:
         """Free r's slot by moving the last live row into it (live rows stay packed in [0, B))."""
         b, last = r.slot, len(self.rows) - 1
+        for lv in self.levels:
+            lv.remove_row(b, last)
+        self.router.remove_row(b, last)
         if b != last:
-            self.cache.move_row(last, b)
             self.rows[b] = self.rows[last]
             self.rows[b].slot = b
-        if self.drafter is not None:
-            self.drafter.remove_row(b, last)
-        self.length_policy.remove_row(b, last)
         self.rows.pop()
         r.slot = None
 
@@ -233,8 +231,7 @@ class SpeculativeEngine:
                 if t in self.eos_ids:
                     new = new[:i + 1]
                     break
-        budget = r.params.max_new_tokens - len(r.gen.tokens)
-        new = new[:budget]
+        new = new[:r.params.max_new_tokens - len(r.gen.tokens)]
         if r.stop_check is not None:
             # Stop strings are text: commit token by token so the row ends on the token that completed one.
             for i in range(1, len(new) + 1):

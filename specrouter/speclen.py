@@ -10,15 +10,7 @@ engine's admission and compaction of rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class StepFeedback:
-    """What a row learned from one verification: drafts sent, drafts accepted."""
-
-    n_drafted: int
-    n_accepted: int
+from .speculate import PairFeedback
 
 
 class FixedLength:
@@ -34,7 +26,7 @@ class FixedLength:
     def propose(self, row: int) -> int:
         return self.k
 
-    def observe(self, row: int, fb: StepFeedback) -> None:
+    def observe(self, row: int, fb: PairFeedback) -> None:
         pass
 
     def remove_row(self, row: int, last: int) -> None:
@@ -57,7 +49,7 @@ class HeuristicLength:
     def propose(self, row: int) -> int:
         return self.k[row]
 
-    def observe(self, row: int, fb: StepFeedback) -> None:
+    def observe(self, row: int, fb: PairFeedback) -> None:
         if fb.n_drafted == 0:
             return
         if fb.n_accepted == fb.n_drafted:

@@ -15,12 +15,13 @@ from tiny import byte_tokenizer, perturbed, save_folder, tiny_config, tiny_hf_mo
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    """Folders of a tiny target, a draft close to it, a poor draft, and a model with another vocab."""
+    """Folders of a tiny target, a draft near it, a very close one, a poor one, and another vocab."""
     root = tmp_path_factory.mktemp("tiny")
     tok = byte_tokenizer()
     target = tiny_hf_model(tiny_config(layers=2, dim=64), seed=0)
     save_folder(target, root / "target", tok)
     save_folder(perturbed(target, 0.05, seed=1), root / "draft", tok)
+    save_folder(perturbed(target, 0.005, seed=4), root / "close", tok)
     save_folder(perturbed(target, 0.3, seed=2), root / "poor", tok)
     other = tiny_hf_model(tiny_config(vocab=300), seed=3)
     other_tok = byte_tokenizer()

@@ -6,9 +6,9 @@ import torch
 from stats import chi_square_pvalue
 from tiny import perturbed, tiny_config, tiny_hf_model
 
-from specrouter.drafters.model_drafter import ModelDrafter
-from specrouter.drafters.ngram import NgramDrafter
+from specrouter.drafters.model_level import ModelLevel
 from specrouter.engine import SpeculativeEngine
+from specrouter.router.fixed import FixedRouter
 from specrouter.model.args import ModelArgs
 from specrouter.sampling import SamplingParams, probs_from_logits
 from specrouter.speclen import FixedLength, HeuristicLength
@@ -28,8 +28,19 @@ T, D = models()
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3], [100, 50, 25], [7] * 20, list(range(60, 90))]
 
 
+def make_engine(chain, policy=None, eos=frozenset([258]), max_batch=4, mods=None, vocab=259, max_seq_len=512,
+                ngram=(3, 1)):
+    """chain: level names lowest first; 't' is the target, 'd' the draft, 'ngram' the n-gram level."""
+    mods = mods or {"t": T, "d": D}
+    pool = {n: ModelLevel(mods[n], n, vocab, max_seq_len) for n in chain if n != "ngram"}
+    if "ngram" in chain:
+        pool["ngram"] = ngram
+    router = FixedRouter(tuple(chain), policy or FixedLength(0 if len(chain) == 1 else 4))
+    return SpeculativeEngine(pool, chain[-1], router, eos, max_seq_len=max_seq_len, max_batch=max_batch)
+
+
 def target_only(prompts, params):
-    return [g.tokens for g in SpeculativeEngine(T, None, eos_ids=frozenset([258])).generate(prompts, params)]
+    return [g.tokens for g in make_engine(["t"]).generate(prompts, params)]
 
 
 @pytest.mark.parametrize("drafter,policy,max_batch", [
@@ -39,8 +50,7 @@ def target_only(prompts, params):
 def test_greedy_equals_target_only(drafter, policy, max_batch):
     params = SamplingParams(max_new_tokens=40)
     ref = target_only(PROMPTS, params)
-    dr = ModelDrafter(D, "draft", 259, 512) if drafter == "model" else NgramDrafter(259, 3, 1)
-    eng = SpeculativeEngine(T, dr, policy, frozenset([258]), max_batch=max_batch)
+    eng = make_engine(["d", "t"] if drafter == "model" else ["ngram", "t"], policy, max_batch=max_batch)
     gens = eng.generate(PROMPTS, params)
     assert [g.tokens for g in gens] == ref
     total_acc = sum(g.stats.accepted for g in gens)
@@ -51,22 +61,21 @@ def test_greedy_equals_target_only(drafter, policy, max_batch):
 
 
 def test_cache_invariants_after_every_step():
-    dr = ModelDrafter(D, "draft", 259, 512)
-    eng = SpeculativeEngine(T, dr, HeuristicLength(), frozenset(), max_batch=4)
+    eng = make_engine(["d", "t"], HeuristicLength(), eos=frozenset())
     reqs = [eng.add(p, SamplingParams(max_new_tokens=30, ignore_eos=True)) for p in PROMPTS]
     while eng.has_work():
         eng.step()
         for b, r in enumerate(eng.rows):
             assert r.slot == b
-            assert eng.cache.lengths[b] == len(r.committed) - 1  # target: committed[:-1]
-            assert dr.cache.lengths[b] <= len(r.committed) - 1  # drafter: a prefix, never more
+            assert eng.pool["t"].cache.lengths[b] == len(r.committed) - 1  # target: committed[:-1]
+            assert eng.pool["d"].cache.lengths[b] <= len(r.committed) - 1  # drafter: a prefix, never more
     assert all(len(r.gen.tokens) == 30 and r.gen.finish_reason == "length" for r in reqs)
 
 
 def test_continuous_batching_admits_and_aborts():
     params = SamplingParams(max_new_tokens=25, ignore_eos=True)
     ref = target_only(PROMPTS, params)
-    eng = SpeculativeEngine(T, ModelDrafter(D, "draft", 259, 512), FixedLength(3), frozenset(), max_batch=2)
+    eng = make_engine(["d", "t"], FixedLength(3), eos=frozenset(), max_batch=2)
     a, b = eng.add(PROMPTS[0], params), eng.add(PROMPTS[1], params)
     eng.step()
     c = eng.add(PROMPTS[2], params)  # waits: the batch is full
@@ -84,16 +93,16 @@ def test_eos_and_max_tokens_and_stop_callback():
     params = SamplingParams(max_new_tokens=12)
     ref = target_only([PROMPTS[0]], SamplingParams(max_new_tokens=12, ignore_eos=True))[0]
     eos = ref[5]
-    eng = SpeculativeEngine(T, ModelDrafter(D, "draft", 259, 512), FixedLength(4), frozenset([eos]))
+    eng = make_engine(["d", "t"], FixedLength(4), eos=frozenset([eos]))
     g = eng.generate([PROMPTS[0]], params)[0]
     assert g.tokens == ref[:ref.index(eos) + 1] and g.finish_reason == "stop"
-    eng2 = SpeculativeEngine(T, ModelDrafter(D, "draft", 259, 512), FixedLength(4), frozenset())
+    eng2 = make_engine(["d", "t"], FixedLength(4), eos=frozenset())
     g2 = eng2.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12), stop_checks=[lambda ids: len(ids) >= 3])[0]
     assert g2.tokens == ref[:3] and g2.finish_reason == "stop"
 
 
 def test_prompt_longer_than_context_is_rejected():
-    eng = SpeculativeEngine(T, None, max_seq_len=16)
+    eng = make_engine(["t"], max_seq_len=16)
     with pytest.raises(ValueError, match="context"):
         eng.add(list(range(16)), SamplingParams())
     assert not eng.has_work()
@@ -119,8 +128,9 @@ def test_sampled_output_follows_target_distribution(drafter, params):
     t, d = models(vocab=V, noise=0.1, layers=1)
     prompt = [1, 2, 3, 1, 2, 3, 1, 2]
     joint = _exact_joint(t, prompt, params).flatten()
-    dr = ModelDrafter(d, "draft", V, 64) if drafter == "model" else NgramDrafter(V, 2, 1)
-    eng = SpeculativeEngine(t, dr, FixedLength(3), frozenset(), max_seq_len=64, max_batch=64)
+    chain = ["d", "t"] if drafter == "model" else ["ngram", "t"]
+    eng = make_engine(chain, FixedLength(3), eos=frozenset(), max_batch=64, mods={"t": t, "d": d}, vocab=V,
+                      max_seq_len=64, ngram=(2, 1))
     n = 4000
     plist = [SamplingParams(**{**params.__dict__, "seed": i}) for i in range(n)]
     gens = eng.generate([prompt] * n, plist)
@@ -131,6 +141,6 @@ def test_sampled_output_follows_target_distribution(drafter, params):
 
 def test_same_seed_same_output():
     params = SamplingParams(temperature=0.9, max_new_tokens=20, seed=123)
-    a = SpeculativeEngine(T, ModelDrafter(D, "d", 259, 512), FixedLength(3)).generate([PROMPTS[0]], params)[0]
-    b = SpeculativeEngine(T, ModelDrafter(D, "d", 259, 512), FixedLength(3)).generate([PROMPTS[0]], params)[0]
+    a = make_engine(["d", "t"], FixedLength(3)).generate([PROMPTS[0]], params)[0]
+    b = make_engine(["d", "t"], FixedLength(3)).generate([PROMPTS[0]], params)[0]
     assert a.tokens == b.tokens

@@ -97,7 +97,7 @@ def _summary(rows: list[dict], base_key: str = "target", hf_key: str = "hf_assis
     return agg
 
 
-def print_report(per_cat: dict[str, dict], overall: dict, primary: str) -> None:
+def print_report(per_cat: dict[str, dict], overall: dict, primary: str, extra: dict | None = None) -> None:
     cols = list(overall)
     print()
     print(f"{'category':<16}{'system':<28}{'tok/s':>8}{'vs target':>10}{'vs HF':>8}{'accepted':>9}{'match':>7}")
@@ -113,6 +113,8 @@ def print_report(per_cat: dict[str, dict], overall: dict, primary: str) -> None:
               "systems": {s: {"overall": {k: overall[s].get(k) for k in keys},
                               "categories": {c: {k: a[s].get(k) for k in keys} for c, a in per_cat.items()}}
                           for s in cols}}
+    if extra:
+        result["routers"] = extra
     print(json.dumps(result))
 
 
@@ -131,7 +133,8 @@ def run_bench(prompts: list[BenchPrompt], systems: dict, tokenizer, max_new_toke
             t0 = time.perf_counter()
             outs = fn(ids, max_new_tokens)
             dt = time.perf_counter() - t0
-            res[name] = [{"tokens": len(o[0]), "time": dt / len(group), "steps": o[1], "ids": o[0]} for o in outs]
+            res[name] = [{"tokens": len(o[0]), "time": dt / len(group), "steps": o[1], "ids": o[0],
+                          **({"chains": o[2]} if len(o) > 2 else {})} for o in outs]
         if hf is not None:
             res["hf_assisted"] = []
             for x in ids:

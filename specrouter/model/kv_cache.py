@@ -14,14 +14,15 @@ Invariants
 * ``lengths`` lives on the host: the engine needs the accepted counts on the host once per
   speculative step anyway (control flow depends on them), so keeping them there costs no extra sync.
 * ``capacity = max_seq_len + slack``: a ragged forward pads short rows up to the longest one, and
-  the padding is written past the row's real tokens; the slack keeps those writes in bounds.
+  the padding is written past the row's real tokens (clamped into the slack, which real tokens
+  never reach), so those writes stay in bounds and never touch real entries.
 """
 
 from __future__ import annotations
 
 import torch
 
-PAD_SLACK = 64  # max tokens per forward beyond max_seq_len that padding may write
+PAD_SLACK = 64  # positions past max_seq_len that only padding writes land in
 
 
 class KVCache:

@@ -14,13 +14,16 @@ S = keys attended (max over rows of cache length + T), V = vocab size.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .args import ModelArgs
-from .kv_cache import KVCache
+from .kv_cache import PAD_SLACK, KVCache
 from .linear import make_linear
+from .quant import QuantScheme
 
 
 def rope_tables(args: ModelArgs, max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,18 +53,31 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
 
+def linear_slots(args: ModelArgs, untied_head: bool) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Every matmul of the model: module name -> (HF weight names stacked along the output dim,
+    HF bias names). q/k/v and gate/up are fused; per-output-row quantization commutes with that
+    stacking. The one source of truth for building the model and for the packed-weight cache."""
+    slots = {}
+    for i in range(args.n_layers):
+        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        qkv = tuple(a + f"{x}_proj." for x in "qkv")
+        slots[f"blocks.{i}.qkv"] = (tuple(x + "weight" for x in qkv),
+                                    tuple(x + "bias" for x in qkv) if args.qkv_bias else ())
+        slots[f"blocks.{i}.o"] = ((a + "o_proj.weight",), ())
+        slots[f"blocks.{i}.gate_up"] = ((m + "gate_proj.weight", m + "up_proj.weight"), ())
+        slots[f"blocks.{i}.down"] = ((m + "down_proj.weight",), ())
+    slots["lm_head"] = (("lm_head.weight" if untied_head else "model.embed_tokens.weight",), ())
+    return slots
+
+
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs, w: dict[str, torch.Tensor], quant: str):
+    def __init__(self, args: ModelArgs, linears: dict[str, nn.Module], norms: tuple[torch.Tensor, torch.Tensor]):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = args.n_heads, args.n_kv_heads, args.head_dim
-        qkv_w = torch.cat([w["q_proj.weight"], w["k_proj.weight"], w["v_proj.weight"]])
-        qkv_b = torch.cat([w["q_proj.bias"], w["k_proj.bias"], w["v_proj.bias"]]) if args.qkv_bias else None
-        self.qkv = make_linear(qkv_w, qkv_b, quant)
-        self.o = make_linear(w["o_proj.weight"], None, quant)
-        self.gate_up = make_linear(torch.cat([w["gate_proj.weight"], w["up_proj.weight"]]), None, quant)
-        self.down = make_linear(w["down_proj.weight"], None, quant)
-        self.attn_norm = RMSNorm(w["input_layernorm.weight"], args.norm_eps)
-        self.mlp_norm = RMSNorm(w["post_attention_layernorm.weight"], args.norm_eps)
+        self.qkv, self.o = linears["qkv"], linears["o"]
+        self.gate_up, self.down = linears["gate_up"], linears["down"]
+        self.attn_norm = RMSNorm(norms[0], args.norm_eps)
+        self.mlp_norm = RMSNorm(norms[1], args.norm_eps)
         self.hidden_dim = args.hidden_dim
 
     def forward(self, x, layer: int, cache: KVCache, row0: int, cos, sin, positions, start, n_keys, mask):
@@ -82,35 +98,52 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Build with ``Transformer(args, state_dict)``; the state dict uses HF parameter names."""
+    """Build with ``Transformer(args, state_dict)``; the state dict uses HF parameter names.
 
-    def __init__(self, args: ModelArgs, sd: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16,
-                 device: str | torch.device = "cpu", quant: str = "dense"):
+    quant: a ``QuantScheme`` or its string (``dense``, ``int8``, ``int4``, ``int4-g32-head=dense``…):
+    which linear kind the block matmuls and the output head get (see quant.py). ``linears``: modules
+    already built for some slots of ``linear_slots`` (the packed-weight cache); their HF weights are
+    then never read from ``sd``. Logits are float32 whatever the head's storage.
+    """
+
+    def __init__(self, args: ModelArgs, sd: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16,
+                 device: str | torch.device = "cpu", quant: "str | QuantScheme" = "dense",
+                 linears: Mapping[str, nn.Module] | None = None):
         super().__init__()
         self.args, self.dtype, self.device = args, dtype, torch.device(device)
+        self.quant = QuantScheme.parse(quant)
+        prebuilt = dict(linears or {})
+        slots = linear_slots(args, untied_head=not args.tie_embeddings and "lm_head.weight" in sd)
 
         def get(name: str) -> torch.Tensor:
             if name not in sd:
                 raise KeyError(f"weight {name!r} missing from checkpoint")
             return sd[name].to(device=self.device, dtype=dtype)
 
+        def linear(slot: str) -> nn.Module:
+            if slot in prebuilt:
+                return prebuilt.pop(slot)
+            w_names, b_names = slots[slot]
+            w = torch.cat([get(n) for n in w_names]) if len(w_names) > 1 else get(w_names[0])  # [N, K]
+            b = torch.cat([get(n) for n in b_names]) if b_names else None
+            kind = self.quant.head if slot == "lm_head" else self.quant.body
+            return make_linear(w, b, kind, **({"group_size": self.quant.group_size} if kind == "int4" else {}))
+
         self.embed = get("model.embed_tokens.weight")  # [V, dim]
         blocks = []
         for i in range(args.n_layers):
             p = f"model.layers.{i}."
-            names = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                     "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
-                     "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight"]
-            if args.qkv_bias:
-                names += ["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"]
-            w = {n.removeprefix("self_attn.").removeprefix("mlp."): get(p + n) for n in names}
-            blocks.append(Block(args, w, quant))
+            mods = {k: linear(f"blocks.{i}.{k}") for k in ("qkv", "o", "gate_up", "down")}
+            norms = (get(p + "input_layernorm.weight"), get(p + "post_attention_layernorm.weight"))
+            blocks.append(Block(args, mods, norms))
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(get("model.norm.weight"), args.norm_eps)
-        head = self.embed if args.tie_embeddings or "lm_head.weight" not in sd else get("lm_head.weight")
-        # The output head stays dense: it is the model's "final word" and the draft's q alike.
-        self.lm_head = make_linear(head, None, "dense")
-        cos, sin = rope_tables(args, args.max_position + 2 * 64, self.device)
+        # The head is the model's "final word" and a draft's q alike; by default a quantized model
+        # keeps it in int8 (QuantScheme), and its logits are float32 either way.
+        self.lm_head = linear("lm_head")
+        if prebuilt:
+            raise ValueError(f"prebuilt linears for unknown slots: {sorted(prebuilt)[:4]}")
+        cos, sin = rope_tables(args, args.max_position + PAD_SLACK, self.device)
         self.cos, self.sin = cos, sin
 
     def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:
@@ -120,12 +153,14 @@ class Transformer(nn.Module):
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, n_new: list[int] | None = None,
-                logits_for: str = "all", row0: int = 0) -> torch.Tensor:
+                logits_for: "str | torch.Tensor" = "all", row0: int = 0) -> torch.Tensor:
         """Append ``tokens`` to each row of ``cache`` and return logits.
 
         tokens: [B, T] int64 for cache rows [row0, row0 + B); row b's real tokens are
         ``tokens[b, :n_new[b]]`` (the rest is padding).
-        logits_for: "all" -> [B, T, V]; "last" -> [B, 1, V] at each row's last real token.
+        logits_for: "all" -> [B, T, V]; "last" -> [B, 1, V] at each row's last real token;
+            a [B, P] int64 tensor -> [B, P, V] at those positions of this pass (the head, the most
+            expensive matmul of a small model, then runs only where a verifier needs scores).
         Returns float32 logits. Advances ``cache.lengths[row0 + b]`` by ``n_new[b]``.
         """
         B, T = tokens.shape
@@ -136,8 +171,10 @@ class Transformer(nn.Module):
         lengths = cache.lengths[row0:row0 + B]
         same_start = all(L == lengths[0] for L in lengths)
         base = torch.tensor(lengths, device=self.device)[:, None]  # [B, 1]
-        positions = base + torch.arange(T, device=self.device)[None, :]  # [B, T]
-        n_keys = max(lengths) + T
+        # Real tokens sit below max_seq_len (check_room); only padding of short rows can pass the
+        # cache's capacity, and clamping it there writes into the never-read slack region.
+        positions = (base + torch.arange(T, device=self.device)[None, :]).clamp_max(cache.capacity - 1)  # [B, T]
+        n_keys = min(max(lengths) + T, cache.capacity)
         if same_start and T == 1:
             mask = None  # every cached key is visible to the single new query
         else:
@@ -153,12 +190,14 @@ class Transformer(nn.Module):
         for b in range(B):
             cache.lengths[row0 + b] += n_new[b]
 
-        if logits_for == "last":
+        if isinstance(logits_for, torch.Tensor):  # [B, P] positions (within this pass) to score
+            x = x.gather(1, logits_for.to(self.device)[..., None].expand(-1, -1, x.shape[-1]))
+        elif logits_for == "last":
             if all(n == T for n in n_new):
                 x = x[:, -1:]
             else:
                 idx = torch.tensor([max(n, 1) - 1 for n in n_new], device=self.device)
                 x = x[torch.arange(B, device=self.device), idx][:, None]
         elif logits_for != "all":
-            raise ValueError(f"logits_for must be 'all' or 'last', got {logits_for!r}")
+            raise ValueError(f"logits_for must be 'all', 'last' or a [B, P] tensor, got {logits_for!r}")
         return self.lm_head(self.norm(x)).float()

@@ -1,0 +1,111 @@
+"""The adaptive router: per row and per step, the chain and draft lengths with the lowest predicted
+seconds per committed token.
+
+plan(slot):    for every candidate chain (each ordered sub-path of the pool that ends at the
+               target, "target alone" included), evaluate the closed-form latency model with the
+               profiler's costs at the current batch size and the row's acceptance estimates; pick
+               the minimum. With probability ``explore`` pick another candidate instead, so that
+               estimates of unused pairs don't go stale (their rows catch up lazily, see levels).
+observe(fb):   feed pair feedback to the similarity estimates (and to a length policy, if one
+               overrides the top draft length).
+observe_step:  log (request, chain, predicted, realized seconds/token) for accuracy reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import defaultdict
+
+from ..speculate import PairFeedback, Plan
+from .latency import chain_latency
+from .profiler import Profiler
+from .similarity import Similarity
+
+
+def candidate_chains(pool: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every ordered sub-path of ``pool`` (lowest first) that ends at its last level, the target."""
+    *lower, target = pool
+    out = []
+    for r in range(len(lower) + 1):
+        for combo in itertools.combinations(lower, r):
+            out.append(tuple(combo) + (target,))
+    return out
+
+
+class AdaptiveRouter:
+    def __init__(self, pool: tuple[str, ...], profiler: Profiler, similarity: Similarity,
+                 candidates: list[tuple[str, ...]] | None = None, explore: float = 0.05, k_max: int = 12,
+                 length_policy=None, seed: int = 0):
+        self.pool, self.profiler, self.sim = tuple(pool), profiler, similarity
+        self.candidates = candidates or candidate_chains(self.pool)
+        self.explore, self.k_max, self.policy = explore, k_max, length_policy
+        self.rng = random.Random(seed)
+        self.n_rows = 0
+        self.current: list[Plan | None] = []
+        self.segments: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])  # pred*n, secs, n, steps
+        self.decisions: list[dict] = []
+        self.log_decisions = True
+
+    # ------------------------------------------------------------------ rows
+    def add_row(self, slot: int) -> None:
+        self.n_rows += 1
+        self.current.append(None)
+        self.sim.add_row(slot)
+        if self.policy is not None:
+            self.policy.add_row(slot)
+
+    def remove_row(self, slot: int, last: int) -> None:
+        self.n_rows -= 1
+        self.current[slot] = self.current[last]
+        self.current.pop()
+        self.sim.remove_row(slot, last)
+        if self.policy is not None:
+            self.policy.remove_row(slot, last)
+
+    # ------------------------------------------------------------------ decide
+    def predict(self, chain: tuple[str, ...], slot: int | None = None) -> tuple[float, tuple[int, ...]]:
+        B = max(1, self.n_rows)
+        return chain_latency(chain, lambda lv, T: self.profiler.cost(lv, B, T),
+                             lambda lo, up: self.sim.alpha(lo, up, slot),
+                             lambda up: self.sim.match_rate(up, slot), self.k_max)
+
+    def plan(self, slot: int) -> Plan:
+        scored = sorted((self.predict(c, slot) + (c,) for c in self.candidates), key=lambda x: x[0])
+        tau, ks, chain = scored[0]
+        if len(scored) > 1 and self.rng.random() < self.explore:
+            tau, ks, chain = self.rng.choice(scored[1:])
+        if self.policy is not None and len(chain) > 1:
+            ks = ks[:-1] + (self.policy.propose(slot),)
+        plan = Plan(chain, ks, tau)
+        self.current[slot] = plan
+        return plan
+
+    # ------------------------------------------------------------------ learn
+    def observe(self, fb: PairFeedback) -> None:
+        self.sim.observe(fb)
+        cur = self.current[fb.slot] if fb.slot < len(self.current) else None
+        if self.policy is not None and cur is not None and len(cur.chain) > 1 and \
+                (fb.lower, fb.upper) == (cur.chain[-2], cur.chain[-1]):
+            self.policy.observe(fb.slot, fb)
+
+    def observe_step(self, slot: int, plan: Plan, seconds: float, n_tokens: int, tag=None) -> None:
+        if plan.predicted_s_per_token is None or n_tokens == 0:
+            return
+        seg = self.segments[(tag, plan.chain)]
+        seg[0] += plan.predicted_s_per_token * n_tokens
+        seg[1] += seconds
+        seg[2] += n_tokens
+        seg[3] += 1
+        if self.log_decisions:
+            self.decisions.append({"tag": tag, "chain": ">".join(plan.chain), "ks": list(plan.ks),
+                                   "predicted_s_per_token": plan.predicted_s_per_token,
+                                   "realized_s_per_token": seconds / n_tokens})
+
+    def accuracy(self, min_steps: int = 4) -> list[tuple[float, float]]:
+        """(predicted, realized) seconds per token of each (request, chain) run of >= min_steps steps."""
+        return [(s[0] / s[2], s[1] / s[2]) for s in self.segments.values() if s[3] >= min_steps and s[2]]
+
+    def reset_log(self) -> None:
+        self.segments.clear()
+        self.decisions.clear()

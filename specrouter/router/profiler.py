@@ -1,0 +1,111 @@
+"""Forward-pass cost of each model as a function of batch size and tokens per pass.
+
+A short calibration at start measures a grid (B in 1,2,4,8 up to max_batch; T in 1,2,4,8,16) on a
+cache already holding ``ctx`` tokens, and is cached on disk keyed by model, dtype, device and
+thread count. Afterwards the engine's own timings keep it current: every timed forward updates
+its (B, T) cell by an exponential moving average, so a slower machine or a busy core raises the
+estimates within a few steps. Lookups interpolate linearly in T and B between grid points.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+T_GRID = (1, 2, 4, 8, 16)
+B_GRID = (1, 2, 4, 8, 16, 32)
+
+
+def _interp(grid: tuple[int, ...], x: float) -> tuple[int, int, float]:
+    """Indices i, j and weight w so that x ~ (1 - w) * grid[i] + w * grid[j]."""
+    if x <= grid[0]:
+        return 0, 0, 0.0
+    for i in range(len(grid) - 1):
+        if x <= grid[i + 1]:
+            return i, i + 1, (x - grid[i]) / (grid[i + 1] - grid[i])
+    return len(grid) - 1, len(grid) - 1, 0.0
+
+
+class CostTable:
+    """cost[b_index][t_index] in seconds; ``ema`` is the weight of a new observation."""
+
+    def __init__(self, cost: list[list[float]], b_grid: tuple[int, ...], ema: float = 0.3):
+        self.cost, self.b_grid, self.ema = cost, b_grid, ema
+
+    def __call__(self, B: int, T: int) -> float:
+        bi, bj, bw = _interp(self.b_grid, B)
+        ti, tj, tw = _interp(T_GRID, T)
+        row = lambda b: (1 - tw) * self.cost[b][ti] + tw * self.cost[b][tj]  # noqa: E731
+        extra = max(0.0, T - T_GRID[-1]) * (self.cost[bi][-1] - self.cost[bi][-2]) / (T_GRID[-1] - T_GRID[-2])
+        return (1 - bw) * row(bi) + bw * row(bj) + extra
+
+    def observe(self, B: int, T: int, seconds: float) -> None:
+        """Move the nearest grid cell toward an observed timing (scaled to the cell's (B, T))."""
+        bi = min(range(len(self.b_grid)), key=lambda i: abs(self.b_grid[i] - B))
+        ti = min(range(len(T_GRID)), key=lambda i: abs(T_GRID[i] - T))
+        predicted = self(B, T)
+        if predicted <= 0:
+            return
+        # scale the whole cell by the observed/predicted ratio so off-grid timings still teach it
+        target = self.cost[bi][ti] * seconds / predicted
+        self.cost[bi][ti] += self.ema * (target - self.cost[bi][ti])
+
+
+class Profiler:
+    def __init__(self, tables: dict[str, CostTable]):
+        self.tables = tables
+
+    def cost(self, level: str, B: int, T: int) -> float:
+        return self.tables[level](B, T)
+
+    def observe(self, level: str, B: int, T: int, seconds: float) -> None:
+        if level in self.tables and T <= 2 * T_GRID[-1]:  # prefill-sized passes are not decode costs
+            self.tables[level].observe(B, T, seconds)
+
+    @classmethod
+    def calibrate(cls, levels: dict, max_batch: int = 1, cache_dir: Path | None = None, ctx: int = 256,
+                  repeats: int = 3, progress: bool = True) -> "Profiler":
+        """levels: name -> ModelLevel. Measures (or loads) every level's cost grid."""
+        b_grid = tuple(b for b in B_GRID if b <= max(1, max_batch))
+        tables = {}
+        for name, lv in levels.items():
+            key = _cache_key(lv, b_grid, ctx)
+            path = cache_dir / f"{key}.json" if cache_dir else None
+            if path is not None and path.exists():
+                tables[name] = CostTable(json.loads(path.read_text())["cost"], b_grid)
+                continue
+            if progress:
+                print(f"[profiler] calibrating {name}: B in {b_grid}, T in {T_GRID}", file=sys.stderr, flush=True)
+            cost = [[_time(lv.model, B, T, ctx, repeats) for T in T_GRID] for B in b_grid]
+            tables[name] = CostTable(cost, b_grid)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"level": name, "cost": cost}))
+        return cls(tables)
+
+
+def _cache_key(level, b_grid, ctx) -> str:
+    m = level.model
+    dev = str(m.device)
+    quant = getattr(level, "quant", "dense")
+    return (f"{level.name.replace('/', '_').replace('@', '-')}-{m.args.n_layers}x{m.args.dim}-{quant}-"
+            f"{str(m.dtype).split('.')[-1]}-{dev}-t{torch.get_num_threads()}-b{max(b_grid)}-c{ctx}")
+
+
+@torch.inference_mode()
+def _time(model, B: int, T: int, ctx: int, repeats: int) -> float:
+    cache = model.new_cache(B, ctx + T + 8)
+    model(torch.zeros(B, ctx, dtype=torch.long, device=model.device), cache, logits_for="last")
+    x = torch.zeros(B, T, dtype=torch.long, device=model.device)
+    ts = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        model(x, cache)
+        ts.append(time.perf_counter() - t0)
+        for b in range(B):
+            cache.rollback(b, ctx)
+    return sorted(ts[1:])[len(ts[1:]) // 2]

@@ -1,0 +1,82 @@
+"""The adaptive router: closed-form latency model, lossless output under auto, adaptation to cost changes."""
+
+import pytest
+
+from specrouter.api import SpecRouter
+from specrouter.router.adaptive import candidate_chains
+from specrouter.router.latency import chain_latency, expected_tokens, expected_tokens_ngram
+from specrouter.sampling import SamplingParams
+
+
+def test_expected_tokens_closed_form():
+    assert expected_tokens(0.0, 5) == pytest.approx(1.0)
+    assert expected_tokens(0.5, 1) == pytest.approx(1.5)
+    assert expected_tokens(0.8, 3) == pytest.approx(1 + 0.8 + 0.64 + 0.512)
+    assert expected_tokens_ngram(0.5, 0.0, 4) == pytest.approx(1.0)  # no match, no gain
+    assert expected_tokens_ngram(0.5, 1.0, 2) == pytest.approx(1 + 0.5 + 0.25)
+
+
+def _costs(table):
+    return lambda level, T: table[level] * (1 + 0.02 * (T - 1))
+
+
+def test_latency_model_prefers_cheap_agreeing_drafts_and_falls_back_to_target():
+    cost = _costs({"big": 1.0, "small": 0.2, "tiny": 0.05})
+    good = lambda lo, up: 0.9  # noqa: E731
+    bad = lambda lo, up: 0.1  # noqa: E731
+    none = lambda up: 0.0  # noqa: E731
+    alone, _ = chain_latency(("big",), cost, good, none)
+    assert alone == pytest.approx(1.0)
+    two, ks = chain_latency(("small", "big"), cost, good, none)
+    assert two < 0.5 and ks[0] >= 3  # agreement 0.9 at 1/5 the cost: long drafts, > 2x faster
+    three, ks3 = chain_latency(("tiny", "small", "big"), cost, good, none)
+    assert three < two and len(ks3) == 2
+    worse, _ = chain_latency(("small", "big"), cost, bad, none)
+    assert worse > alone  # a poor draft loses to the target alone, so auto keeps "big" then
+    assert set(candidate_chains(("ngram", "small", "big"))) == {
+        ("big",), ("ngram", "big"), ("small", "big"), ("ngram", "small", "big")}
+
+
+@pytest.fixture()
+def auto(tiny_dir):
+    def make(ngram=True, draft="draft", **kw):
+        pool = ("ngram>" if ngram else "") + f"{tiny_dir / draft}>{tiny_dir / 'target'}"
+        return SpecRouter.from_chain("auto", pool=pool, dtype="fp32", progress=False, **kw)
+    return make
+
+
+def test_auto_is_lossless_in_a_batch(auto, tiny_dir):
+    target = SpecRouter.from_chain(str(tiny_dir / "target"), dtype="fp32", progress=False)
+    prompts = ["hello hello hello", "def f(x): return x", "the cat sat on the mat, the cat"]
+    params = SamplingParams(max_new_tokens=40)
+    ref = [o.tokens for o in target.generate(prompts, params)]
+    sr = auto(explore=0.3)  # explore a lot: every chain gets used, and none may change the output
+    outs = sr.generate(prompts, params)
+    assert [o.tokens for o in outs] == ref
+    used = set()
+    for o in outs:
+        used |= set(o.stats.chains)
+    assert len(used) >= 3
+
+
+def test_router_switches_chain_when_a_level_slows_down(auto, tiny_dir):
+    sr = auto(ngram=False, draft="close", explore=0.0)
+    t, d = sr.pool[str(tiny_dir / "target")], sr.pool[str(tiny_dir / "close")]
+    t.extra_delay_s = 0.1  # an expensive target: drafting with the (nearly free, faithful) draft pays off
+    req = sr.engine.add(sr.encode_prompt("count: 1 2 3 4 5 6 7 8"), SamplingParams(max_new_tokens=400,
+                                                                                   ignore_eos=True))
+    chains = []
+    for _ in range(12):
+        sr.engine.step()
+        chains.append(sr.router.current[0].chain)
+    assert any(d.name in c for c in chains[-4:]), chains
+    d.extra_delay_s = 0.4  # now the draft is slow: every chain through it loses
+    after = []
+    for _ in range(10):
+        sr.engine.step()
+        after.append(sr.router.current[0].chain)
+    switched = next(i for i, c in enumerate(after) if d.name not in c)
+    assert switched <= 4, after
+    assert all(d.name not in c for c in after[switched + 2:]), after
+    sr.engine.abort(req)
+    sr.engine.step()
