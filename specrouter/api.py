@@ -81,7 +81,7 @@ class SpecRouter:
 
     def __init__(self, models: dict[str, LoadedModel], levels: list[str], spec_len: str | None = None,
                  auto: bool = False, max_seq_len: int = 4096, max_batch: int = 8, ngram: tuple[int, int] = (3, 2),
-                 explore: float = 0.05, progress: bool = False):
+                 explore: float = 0.05, progress: bool = False, batch_cap: bool = True):
         self.models, self.levels = models, list(levels)
         self.target = models[levels[-1]]
         self.tokenizer: Tokenizer = self.target.tokenizer
@@ -95,13 +95,16 @@ class SpecRouter:
         self.pool = pool
         if auto:
             self.router = self._adaptive_router(pool, max_batch, spec_len, ngram, explore, progress)
+        elif spec_len == "costmodel":  # the router's closed-form draft lengths for this one chain
+            self.router = self._adaptive_router(pool, max_batch, None, ngram, 0.0, progress, [tuple(levels)])
         else:
             policy = parse_length_policy(spec_len or "heuristic") if len(levels) > 1 else FixedLength(0)
             self.router = FixedRouter(tuple(levels), policy)
         self.engine = SpeculativeEngine(pool, levels[-1], self.router, self.tokenizer.eos_ids, self.max_seq_len,
-                                        max_batch)
+                                        max_batch, batch_cap)
 
-    def _adaptive_router(self, pool, max_batch, spec_len, ngram, explore, progress) -> AdaptiveRouter:
+    def _adaptive_router(self, pool, max_batch, spec_len, ngram, explore, progress,
+                         candidates=None) -> AdaptiveRouter:
         models = {n: lv for n, lv in pool.items() if n != NGRAM}
         profiler = Profiler.calibrate(models, max_batch, cache_dir=home() / "profiles", progress=progress)
         for lv in models.values():
@@ -110,7 +113,7 @@ class SpecRouter:
         prior, match, precision = prior_from_text(models, self.levels, ids, ngram if NGRAM in pool else None)
         sim = Similarity(merged_prior(prior, precision), match)
         policy = parse_length_policy(spec_len) if spec_len else None
-        return AdaptiveRouter(tuple(self.levels), profiler, sim, explore=explore, length_policy=policy)
+        return AdaptiveRouter(tuple(self.levels), profiler, sim, candidates, explore=explore, length_policy=policy)
 
     @classmethod
     def from_chain(cls, chain: str, dtype: str = "auto", device: str = "cpu", progress: bool = True,

@@ -100,8 +100,9 @@ def cmd_bench(a) -> int:
         for pol in policies:
             name = chain if len(policies) == 1 else f"{chain} [{pol}]"
             auto = chain == "auto"
-            spec = (None if auto else "heuristic") if pol == "auto" else pol
-            sr = SpecRouter(models, lv, spec_len=spec, auto=auto,
+            base = pol.removesuffix("+nocap")
+            spec = (None if auto else "heuristic") if base == "auto" else base
+            sr = SpecRouter(models, lv, spec_len=spec, auto=auto, batch_cap=not pol.endswith("+nocap"),
                             max_batch=a.batch_size, progress=True)
             systems[name] = _runner(sr)
             if auto:
@@ -258,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated chains with the same target; 'auto' = adaptive router over --pool")
     b.add_argument("--pool", default=DEFAULT_POOL, help="levels the 'auto' router chooses from")
     b.add_argument("--spec-len", default="auto",
-                   help="comma-separated length policies (fixed:K, heuristic, ...); 'auto' = heuristic for "
-                        "fixed chains, the router's cost model for 'auto'")
+                   help="comma-separated length policies: fixed:K, heuristic, entropy, dsde, costmodel; "
+                        "'auto' = heuristic for fixed chains, the router's cost model for 'auto'; a '+nocap' "
+                        "suffix turns off the batch cap")
     b.add_argument("--no-hf", action="store_true", help="skip transformers' assisted generation")
     b.add_argument("--llamacpp", action="store_true",
                    help="add llama.cpp decoding the target's GGUF (needs: pip install 'specrouter[llamacpp]')")

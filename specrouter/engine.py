@@ -6,7 +6,8 @@ a ``Plan`` (chain + draft lengths) per row and learns from the feedback.
 
 One ``step()`` reads as schedule -> run -> postprocess:
   schedule:    admit waiting requests into free slots (prefill the target), retire aborted ones;
-               the router plans each live row (chain, draft lengths), capped by the row's budget;
+               the router plans each live row (chain, draft lengths), capped by the row's budget
+               and, in a batch, by the ceiling of the batch's mean draft length (``batch_cap``);
   run:         rows are grouped by the level right below the target, which drafts for them
                (recursively speculating with the levels below it, see ``speculate.py``); the
                target then scores [last, x_1..x_k] for every row in ONE forward and decides;
@@ -20,6 +21,7 @@ of the next verification); every other level holds a prefix of that.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -84,8 +86,9 @@ class SpeculativeEngine:
     """pool: level name -> ModelLevel, plus ``"ngram": (max_ngram, min_ngram)`` when available."""
 
     def __init__(self, pool: dict, target: str, router, eos_ids: frozenset[int] = frozenset(),
-                 max_seq_len: int = 4096, max_batch: int = 8):
+                 max_seq_len: int = 4096, max_batch: int = 8, batch_cap: bool = True):
         self.pool, self.target_name, self.router = pool, target, router
+        self.batch_cap = batch_cap
         self.target: ModelLevel = pool[target]
         self.levels = [lv for name, lv in pool.items() if name != NGRAM]
         self.eos_ids = eos_ids
@@ -141,6 +144,10 @@ class SpeculativeEngine:
         gens = [r.generator for r in rows]
         plans = [self.router.plan(b) for b in range(B)]
         k = {b: min(p.ks[-1], self._budget(r)) if len(p.chain) > 1 else 0 for b, (p, r) in enumerate(zip(plans, rows))}
+        if self.batch_cap and B > 1:  # one long draft must not make every other row wait
+            cap = math.ceil(sum(k.values()) / B)
+            k = {b: min(kb, cap) for b, kb in k.items()}
+        caps = {b: c for b in range(B) if (c := self.router.entropy_cap(b)) is not None}
 
         # --- run: each group's top drafter proposes, then the target verifies every row at once
         groups: dict[str, list[int]] = defaultdict(list)
@@ -151,7 +158,7 @@ class SpeculativeEngine:
         qs: dict[int, torch.Tensor | None] = {b: None for b in range(B)}
         for name, gb in groups.items():
             t, q = draft(self.pool, name, gb, committed, k, plans, params, gens, self.router.observe,
-                         self.target_name)
+                         self.target_name, caps)
             tokens.update(t)
             qs.update(q)
         lowers = [plans[b].chain[-2] if tokens[b] else None for b in range(B)]

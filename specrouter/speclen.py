@@ -3,6 +3,12 @@
 * ``fixed:K``   — always K.
 * ``heuristic`` — transformers' rule: +2 after a step where every draft was accepted, -1 otherwise,
                   kept within [min_len, max_len].
+* ``entropy``   — AdaEDL-style early stop: draft up to max_len, but stop before a token whose draft
+                  distribution has entropy H with 1 - sqrt(gamma * H) < lambda, i.e. whose lower
+                  bound on acceptance is too low (cap: H > (1 - lambda)^2 / gamma).
+* ``dsde``      — KL-divergence stability (see ``dsde.py``).
+* ``costmodel`` — the router's closed-form choice for the chain (built by the API layer: the
+                  adaptive router restricted to one candidate chain).
 
 Per-row state lives in lists indexed by batch slot; ``add_row`` / ``remove_row`` mirror the
 engine's admission and compaction of rows.
@@ -10,6 +16,7 @@ engine's admission and compaction of rows.
 
 from __future__ import annotations
 
+from .dsde import DSDELength
 from .speculate import PairFeedback
 
 
@@ -62,14 +69,47 @@ class HeuristicLength:
         self.k.pop()
 
 
+class EntropyLength:
+    name = "entropy"
+
+    def __init__(self, max_len: int = 10, gamma: float = 0.5, lam: float = 0.4):
+        if max_len < 1 or gamma <= 0 or not 0 <= lam < 1:
+            raise ValueError(f"entropy policy needs max_len >= 1, gamma > 0, 0 <= lambda < 1; "
+                             f"got {max_len}, {gamma}, {lam}")
+        self.max_len, self.gamma, self.lam = max_len, gamma, lam
+
+    def add_row(self, row: int) -> None:
+        pass
+
+    def propose(self, row: int) -> int:
+        return self.max_len
+
+    def entropy_cap(self, row: int) -> float:
+        return (1 - self.lam) ** 2 / self.gamma
+
+    def observe(self, row: int, fb: PairFeedback) -> None:
+        pass
+
+    def remove_row(self, row: int, last: int) -> None:
+        pass
+
+
 def parse_length_policy(spec: str):
-    """'fixed:K' | 'heuristic' | 'heuristic:INITIAL:MIN:MAX'."""
+    """'fixed:K' | 'heuristic[:INITIAL:MIN:MAX]' | 'entropy[:MAX:GAMMA:LAMBDA]' | 'dsde[:MIN:MAX]'."""
     kind, _, rest = spec.partition(":")
     if kind == "fixed":
         if not rest.isdigit():
             raise ValueError(f"--spec-len fixed needs an integer, e.g. fixed:4 (got {spec!r})")
         return FixedLength(int(rest))
+    try:
+        nums = [float(x) for x in rest.split(":")] if rest else []
+    except ValueError:
+        raise ValueError(f"bad numbers in speculation-length policy {spec!r}") from None
     if kind == "heuristic":
-        nums = [int(x) for x in rest.split(":")] if rest else []
-        return HeuristicLength(*nums)
-    raise ValueError(f"unknown speculation-length policy {spec!r}; use fixed:K or heuristic")
+        return HeuristicLength(*map(int, nums))
+    if kind == "entropy":
+        return EntropyLength(*([int(nums[0])] + nums[1:] if nums else []))
+    if kind == "dsde":
+        return DSDELength(*map(int, nums))
+    raise ValueError(f"unknown speculation-length policy {spec!r}; use fixed:K, heuristic, entropy, dsde "
+                     f"or costmodel")

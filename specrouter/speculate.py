@@ -127,11 +127,19 @@ def verify_round(level: ModelLevel, seqs: list[list[int]], rows: list[int], draf
     return RoundResult(n_acc, nxt, [p[i, :n_acc[i] + 1] for i in range(R)])
 
 
+def entropy(probs: torch.Tensor) -> float:
+    """H(q) in nats of one distribution [V]."""
+    return float(-(probs * probs.clamp_min(1e-10).log()).sum())
+
+
 def draft(pool: dict, name: str, rows: list[int], seqs: list[list[int]], k: dict[int, int],
           plans: list[Plan], params: list[SamplingParams], gens: list[torch.Generator],
-          sink: Sink | None, upper: str) -> tuple[dict[int, list[int]], dict[int, torch.Tensor | None]]:
+          sink: Sink | None, upper: str,
+          entropy_cap: dict[int, float] | None = None) -> tuple[dict[int, list[int]], dict[int, torch.Tensor | None]]:
     """Level ``name`` proposes k[b] tokens continuing seqs[b] for each b in rows, for level ``upper``.
 
+    entropy_cap[b] (AdaEDL-style early stop): while this level drafts token by token, a token whose
+    distribution has entropy above the cap is dropped and row b stops drafting (at least one stays).
     Returns (tokens, q) per row; q[b] is [len(tokens[b]), V] (this level's distributions) or None
     for the n-gram level (one-hot).
     """
@@ -172,9 +180,13 @@ def draft(pool: dict, name: str, rows: list[int], seqs: list[list[int]], k: dict
                            params, gens, [low_of.get(b) for b in need], sink)
         for i, b in enumerate(need):
             n = res.n_acc[i]
+            level.rollback(b, len(work[b]) + n)  # keep work + accepted drafts = (work + new)[:-1]
+            if entropy_cap and b in entropy_cap and not low_tok[b] and acc[b] and \
+                    entropy(res.q_up[i][-1]) > entropy_cap[b]:
+                k[b] = len(acc[b])  # too uncertain to be worth verifying: stop before this token
+                continue
             acc[b] += low_tok[b][:n] + [res.nxt[i]]
             qacc[b].append(res.q_up[i])
-            level.rollback(b, len(work[b]) + n)  # keep work + accepted drafts = (work + new)[:-1]
             work[b] = seqs[b] + acc[b]
         for low in groups:
             if low != NGRAM:

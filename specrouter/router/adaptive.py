@@ -82,6 +82,11 @@ class AdaptiveRouter:
         return plan
 
     # ------------------------------------------------------------------ learn
+    def entropy_cap(self, slot: int) -> float | None:
+        """Early-stop entropy for the top drafter of this row, if the length policy has one."""
+        policy = self.policy
+        return policy.entropy_cap(slot) if policy is not None and hasattr(policy, "entropy_cap") else None
+
     def observe(self, fb: PairFeedback) -> None:
         self.sim.observe(fb)
         cur = self.current[fb.slot] if fb.slot < len(self.current) else None

@@ -31,6 +31,11 @@ class FixedRouter:
             return Plan(self.chain, ())
         return Plan(self.chain, self.inner + (self.policy.propose(slot),))
 
+    def entropy_cap(self, slot: int) -> float | None:
+        """Early-stop entropy for the top drafter of this row, if the length policy has one."""
+        policy = self.policy
+        return policy.entropy_cap(slot) if policy is not None and hasattr(policy, "entropy_cap") else None
+
     def observe(self, fb: PairFeedback) -> None:
         if len(self.chain) > 1 and fb.upper == self.chain[-1] and fb.lower == self.chain[-2]:
             self.policy.observe(fb.slot, fb)

@@ -1,0 +1,99 @@
+"""DSDE: dynamic speculation length from the stability of the draft/target KL divergence.
+
+Signal (per sequence, no extra forward pass): at every verification the verifier's p and the
+drafter's q are both at hand, so each compared position i yields KL_i = KL(p_i || q_i). A row keeps
+the last ``history`` values. With weights w_j = rho^j on the ``window`` most recent values
+(j = 0 newest):
+
+    mu_w     = sum_j w_j KL_j / sum_j w_j                          (recent, weighted mean)
+    var_w    = sum_j w_j (KL_j - mu_w)^2 / sum_j w_j               (recent, weighted variance)
+    var_long = variance of the whole history
+    WVIR     = (var_w + eps) / (var_long + eps)                    (weighted variance intensity ratio)
+    s        = exp(-mu_w / kappa) * min(1, 1 / WVIR)               (stability, in (0, 1])
+
+WVIR ~ 1 in a stationary region (recent spread like the request's own history) and > 1 when the
+divergence has started to jump; eps (a noise floor of 0.1 nats std) keeps tiny absolute wiggles
+from counting as instability. A low, steady divergence gives s -> 1; a large one, or a recent jump,
+gives s -> 0. The next length is
+
+    k = k_lo + round((k_hi - k_lo) * s)
+
+Warm-up: the first ``warmup`` verifications of a request draft ``initial`` tokens and record how
+many were accepted; then the request's bounds are k_lo = min_len and
+k_hi = clip(max accepted during warm-up + 2, min_len, max_len). Afterwards k_hi grows by one
+whenever a draft of length k_hi is accepted whole (the request is easier than warm-up showed).
+Rows drafted by the n-gram level have no KL (q is one-hot); their signal is TVD = 1 - p(x).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from .speculate import PairFeedback
+
+
+def weighted_stats(values: list[float], rho: float, window: int) -> tuple[float, float]:
+    """(weighted mean, weighted variance) of the ``window`` most recent values, newest weight 1."""
+    recent = values[-window:][::-1]  # newest first
+    w = [rho ** j for j in range(len(recent))]
+    tot = sum(w)
+    mu = sum(wi * x for wi, x in zip(w, recent)) / tot
+    var = sum(wi * (x - mu) ** 2 for wi, x in zip(w, recent)) / tot
+    return mu, var
+
+
+def stability(values: list[float], rho: float = 0.7, window: int = 8, kappa: float = 0.5,
+              eps: float = 0.01) -> float:
+    """The DSDE stability score s in (0, 1] of a KL history (oldest first); 0.5 when empty."""
+    if not values:
+        return 0.5
+    mu_w, var_w = weighted_stats(values, rho, window)
+    mean = sum(values) / len(values)
+    var_long = sum((x - mean) ** 2 for x in values) / len(values)
+    wvir = (var_w + eps) / (var_long + eps)
+    return math.exp(-mu_w / kappa) * min(1.0, 1.0 / wvir)
+
+
+def length_from_stability(s: float, k_lo: int, k_hi: int) -> int:
+    return k_lo + round((k_hi - k_lo) * min(max(s, 0.0), 1.0))
+
+
+class DSDELength:
+    name = "dsde"
+
+    def __init__(self, min_len: int = 1, max_len: int = 12, initial: int = 4, warmup: int = 3,
+                 history: int = 32, window: int = 8, rho: float = 0.7, kappa: float = 0.5):
+        if not 1 <= min_len <= initial <= max_len:
+            raise ValueError(f"need 1 <= min_len <= initial <= max_len, got {min_len}, {initial}, {max_len}")
+        self.min_len, self.max_len, self.initial, self.warmup = min_len, max_len, initial, warmup
+        self.history, self.window, self.rho, self.kappa = history, window, rho, kappa
+        self.rows: list[dict] = []
+
+    def add_row(self, row: int) -> None:
+        assert row == len(self.rows), "rows are added at the end"
+        self.rows.append({"kl": deque(maxlen=self.history), "seen": 0, "acc": [], "hi": self.max_len,
+                          "k": self.initial})
+
+    def remove_row(self, row: int, last: int) -> None:
+        self.rows[row] = self.rows[last]
+        self.rows.pop()
+
+    def propose(self, row: int) -> int:
+        st = self.rows[row]
+        if st["seen"] < self.warmup:
+            return self.initial
+        s = stability(list(st["kl"]), self.rho, self.window, self.kappa)
+        st["k"] = length_from_stability(s, self.min_len, st["hi"])
+        return st["k"]
+
+    def observe(self, row: int, fb: PairFeedback) -> None:
+        st = self.rows[row]
+        st["kl"].extend(fb.kl if fb.kl else fb.tvd)
+        st["seen"] += 1
+        if st["seen"] <= self.warmup:
+            st["acc"].append(fb.n_accepted)
+            if st["seen"] == self.warmup:
+                st["hi"] = min(self.max_len, max(self.min_len, max(st["acc"]) + 2))
+        elif fb.n_drafted and fb.n_accepted == fb.n_drafted and fb.n_drafted >= st["hi"]:
+            st["hi"] = min(self.max_len, st["hi"] + 1)
