@@ -1,0 +1,47 @@
+"""The command line, end to end on tiny model folders."""
+
+import json
+
+from specrouter.cli import main
+
+
+def test_generate_streams_and_reports(tiny_dir, capsys):
+    chain = f"{tiny_dir / 'draft'}>{tiny_dir / 'target'}"
+    assert main(["generate", "hello world", "--chain", chain, "--dtype", "fp32", "--max-new-tokens", "20",
+                 "--spec-len", "fixed:3", "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "tok/s" in err and "acceptance" in err and "mean accepted length" in err
+    assert len(out.strip()) > 0
+
+
+def test_generate_bad_input_exits_2_with_a_message(tiny_dir, capsys):
+    assert main(["generate", "x", "--chain", str(tiny_dir / "missing"), "--threads", "1"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["generate", "x", "--chain", str(tiny_dir / "target"), "--temperature", "-1", "--threads", "1"]) == 2
+    assert "temperature" in capsys.readouterr().err
+
+
+def test_bench_prints_table_and_json(tiny_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"question_id": i, "category": c, "turns": [t]} for i, (c, t) in enumerate(
+        [("coding", "def add(a, b):"), ("coding", "print hello"), ("chat", "hi there"), ("chat", "how are you")])]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows))
+    pool = f"ngram>{tiny_dir / 'draft'}>{tiny_dir / 'target'}"
+    assert main(["bench", "--prompts", str(prompts), "--per-category", "2", "--max-new-tokens", "16",
+                 "--chains", f"auto,{tiny_dir / 'draft'}>{tiny_dir / 'target'}", "--pool", pool,
+                 "--dtype", "fp32", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result["categories"]) == {"coding", "chat"}
+    for key in ("speedup_vs_target", "speedup_vs_hf", "greedy_match", "mean_accepted", "tokens_per_s"):
+        assert key in result["overall"]
+    assert result["overall"]["greedy_match"] == 1.0  # fp32: every prompt equals target-only
+    assert "hf_assisted" in result["systems"] and "auto" in result["routers"]
+    assert "chain choice per category" in out
+
+
+def test_bench_rejects_malformed_jsonl(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question_id": 1, "turns": ["no category"]}\n')
+    assert main(["bench", "--prompts", str(bad), "--chains", "x", "--threads", "1"]) == 2
+    assert "Spec-Bench record" in capsys.readouterr().err
