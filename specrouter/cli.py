@@ -125,15 +125,32 @@ def cmd_bench(a) -> int:
             hf = HFAssisted(models[target_name].folder, models[draft_name].folder, parse_dtype(a.dtype))
     print(f"[bench] {len(prompts)} prompts x {len(systems) + (hf is not None)} systems, "
           f"{a.max_new_tokens} new tokens, batch {a.batch_size}", file=sys.stderr, flush=True)
+    def save(rows):
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump({"rows": rows, "args": {k: v for k, v in vars(a).items() if k != "fn"}}, f)
+
     rows = run_bench(prompts, systems, target_only.tokenizer, a.max_new_tokens, hf, target_only.tokenizer.eos_ids,
-                     a.batch_size)
+                     a.batch_size, on_rows=save)
     per_cat, overall = summarize(rows)
     primary = next((s for s in overall if s not in ("target", "hf_assisted")), "target")
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"rows": rows, "args": vars(a)}, f)
     print_report(per_cat, overall, primary, extra=_router_report(rows, routers))
     del torch
+    return 0
+
+
+def cmd_bench_report(a) -> int:
+    """Re-print a bench's tables from its saved rows (``bench --out``), complete or interrupted."""
+    from .bench.spec_bench import print_report, summarize
+
+    with open(a.rows) as f:
+        rows = json.load(f)["rows"]
+    if not rows:
+        raise ValueError(f"{a.rows} holds no measured prompts")
+    per_cat, overall = summarize(rows)
+    primary = a.primary or next((s for s in overall if s not in ("target", "hf_assisted")), "target")
+    print(f"[bench-report] {len(rows)} prompts")
+    print_report(per_cat, overall, primary)
     return 0
 
 
@@ -208,7 +225,7 @@ def cmd_serve(a) -> int:
     from .api import SpecRouter
 
     sr = SpecRouter.from_chain(a.chain, dtype=a.dtype, spec_len=a.spec_len, quant=a.quant, pool=a.pool,
-                               max_batch=a.max_batch, max_seq_len=a.max_seq_len)
+                               max_batch=a.max_batch, max_seq_len=a.max_seq_len, batch_cap=not a.no_batch_cap)
     serve(sr, cfg, log_level=a.log_level, access_log=not a.no_access_log)
     return 0
 
@@ -270,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(b)
     b.set_defaults(fn=cmd_bench)
 
+    br = sub.add_parser("bench-report", help="tables of a saved bench run (bench --out FILE)")
+    br.add_argument("rows")
+    br.add_argument("--primary", default=None, help="system whose numbers head the JSON line")
+    br.set_defaults(fn=cmd_bench_report)
+
     r = sub.add_parser("bench-runtime", help="decode speed of our runtime vs transformers, same weights")
     r.add_argument("models", nargs="*", default=["0.5b", "1.5b"])
     r.add_argument("--prompt-len", type=int, default=64)
@@ -304,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool", default=DEFAULT_POOL, help="levels the 'auto' router chooses from")
     s.add_argument("--quant", default="dense", help=QUANT_HELP)
     s.add_argument("--spec-len", default=None, help="fixed:K or heuristic (default: the chain's own policy)")
+    s.add_argument("--no-batch-cap", action="store_true",
+                   help="let each row draft its own length regardless of the batch; with a fixed chain this makes "
+                        "seeded sampling reproducible under any concurrent load")
     s.add_argument("--model-name", default=None, help="model id clients send (default: the chain)")
     s.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $SPECROUTER_API_KEY, else none)")

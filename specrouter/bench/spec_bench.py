@@ -119,10 +119,8 @@ def print_report(per_cat: dict[str, dict], overall: dict, primary: str, extra: d
 
 
 def run_bench(prompts: list[BenchPrompt], systems: dict, tokenizer, max_new_tokens: int, hf: HFAssisted | None,
-              eos_ids, batch_size: int = 1) -> list[dict]:
-    """systems: name -> callable(list of prompt ids, max_new) -> list of (tokens, steps)."""
-    from ..api import SpecRouter  # noqa: F401  (type context only)
-
+              eos_ids, batch_size: int = 1, on_rows=None) -> list[dict]:
+    """systems: name -> callable(list of prompt ids, max_new) -> list of (tokens, steps[, chains])."""
     rows = []
     t_start = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
@@ -149,6 +147,8 @@ def run_bench(prompts: list[BenchPrompt], systems: dict, tokenizer, max_new_toke
                 r["match"] = r.pop("ids") == ref
                 row[name] = r
             rows.append(row)
+        if on_rows is not None:  # e.g. save partial results: a long run interrupted keeps what it measured
+            on_rows(rows)
         done = min(i + batch_size, len(prompts))
         el = time.perf_counter() - t_start
         tgt = sum(r["target"]["tokens"] for r in rows) / max(1e-9, sum(r["target"]["time"] for r in rows))
