@@ -44,8 +44,14 @@ def cmd_generate(a) -> int:
 
     _threads(a.threads)
     params = _sampling(a)  # validate before loading anything
-    sr = SpecRouter.from_chain(a.chain, dtype=a.dtype, spec_len=a.spec_len, quant=a.quant, pool=a.pool,
-                               max_batch=1)
+    from .tasks.cli import task_router_kwargs
+
+    tkw = task_router_kwargs(a)  # --tasks / --adapters: task-routed drafts (specrouter/tasks)
+    router_cls = SpecRouter
+    if tkw:
+        from .tasks.pool import TaskSpecRouter as router_cls
+    sr = router_cls.from_chain(a.chain, dtype=a.dtype, spec_len=a.spec_len, quant=a.quant, pool=a.pool,
+                               max_batch=1, **tkw)
     prompt = [{"role": "user", "content": a.prompt}] if not a.raw else a.prompt
     ids = sr.encode_prompt(prompt, chat=not a.raw)
     dec = StreamDecoder(sr.tokenizer)
@@ -78,6 +84,11 @@ def cmd_bench(a) -> int:
 
     _threads(a.threads)
     prompts = load_prompts(a.prompts, a.categories.split(",") if a.categories else None, a.per_category)
+    from .tasks.cli import bench_prompts, task_router_kwargs
+
+    tkw = task_router_kwargs(a)  # --tasks: the artifact's held-out prompts; every chain also task-routed
+    if tkw:
+        prompts = bench_prompts(a)
     chains = [c.strip() for c in a.chains.split(",")]
     policies = [p.strip() for p in a.spec_len.split(",")]
     # "auto" is the adaptive router over --pool; its levels are the pool's
@@ -107,6 +118,14 @@ def cmd_bench(a) -> int:
             systems[name] = _runner(sr)
             if auto:
                 routers[name] = sr.router
+            if tkw:
+                from .tasks.pool import TaskSpecRouter
+
+                tsr = TaskSpecRouter(models, lv, spec_len=spec, auto=auto, batch_cap=not pol.endswith("+nocap"),
+                                     max_batch=a.batch_size, progress=True, **tkw)
+                systems[f"{name}+tasks"] = _runner(tsr)
+                if auto:
+                    routers[f"{name}+tasks"] = tsr.router
     if a.llamacpp:
         from .bench.llamacpp import LlamaCppBaseline, target_gguf
 
@@ -259,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top draft length policy: fixed:K, heuristic (default for a fixed chain); "
                         "under --chain auto the router's cost model decides unless this is given")
     g.add_argument("--quant", default="dense", help=QUANT_HELP)
+    from .tasks.cli import add_parsers as add_task_parsers, add_route_options
+
+    add_route_options(g)
     common(g)
     g.set_defaults(fn=cmd_generate)
 
@@ -284,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add llama.cpp decoding the target's GGUF (needs: pip install 'specrouter[llamacpp]')")
     b.add_argument("--quant", default="dense", help=QUANT_HELP)
     b.add_argument("--out", default=None, help="write per-prompt rows as JSON")
+    add_route_options(b, bench=True)
     common(b)
     b.set_defaults(fn=cmd_bench)
 
@@ -343,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bl)
     bl.set_defaults(fn=cmd_bench_load)
+    add_task_parsers(sub, common)  # tasks fit|eval, align
     return p
 
 

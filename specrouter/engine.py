@@ -194,10 +194,11 @@ class SpeculativeEngine:
         for r in aborted:
             r.gen.finish_reason = "abort"
             self._retire(r)
-        while self.waiting and self.waiting[0].aborted:
-            r = self.waiting.popleft()
-            r.gen.finish_reason = "abort"
-            aborted.append(r)
+        if any(r.aborted for r in self.waiting):  # cancelled before admission: never prefilled
+            for r in [r for r in self.waiting if r.aborted]:
+                r.gen.finish_reason = "abort"
+                aborted.append(r)
+            self.waiting = deque(r for r in self.waiting if not r.aborted)
         while self.waiting and len(self.rows) < self.max_batch:
             self._admit(self.waiting.popleft())
         return aborted
@@ -209,6 +210,8 @@ class SpeculativeEngine:
             lv.add_row(slot)  # drafters fill lazily, on first use
         self.target.prefill(slot, r.committed)  # prefill all but the last token, verified next step
         self.router.add_row(slot)
+        if hasattr(self.router, "label_row"):  # task-aware routers label the row now (tasks/routing.py)
+            self.router.label_row(slot, r.committed)
         r.slot = slot
         self.rows.append(r)
         r.gen.stats.prefill_s = time.perf_counter() - t0

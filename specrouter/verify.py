@@ -61,7 +61,10 @@ def rejection_sample(draft_tokens: torch.Tensor, q: torch.Tensor, p: torch.Tenso
     idx = draft_tokens[..., None]
     p_x = p[:, :K].gather(-1, idx).squeeze(-1)  # [B, K]
     q_x = q.gather(-1, idx).squeeze(-1)  # [B, K]
-    u = torch.stack([torch.rand(K, generator=g, device=p.device) for g in generators])  # [B, K]
+    # Row b draws exactly n_draft[b] uniforms, so a seeded row's random stream is independent of the batch
+    # (padding positions get 1.0 and are masked out by _valid anyway).
+    u = torch.stack([torch.cat([torch.rand(n, generator=g, device=p.device), torch.ones(K - n, device=p.device)])
+                     for g, n in zip(generators, n_draft)])  # [B, K]
     # accept x_i  <=>  u < p(x)/q(x); multiplied out so q(x) == 0 (impossible for a drawn x) can't divide
     accept = (u * q_x < p_x) & _valid(n_draft, K, p.device)
     n_acc = accept.long().cumprod(-1).sum(-1).tolist()  # one host sync per step
