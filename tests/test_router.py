@@ -80,3 +80,30 @@ def test_router_switches_chain_when_a_level_slows_down(auto, tiny_dir):
     assert all(d.name not in c for c in after[switched + 2:]), after
     sr.engine.abort(req)
     sr.engine.step()
+
+
+def test_cost_table_interpolates_and_tracks_a_slower_machine():
+    from specrouter.router.profiler import CostTable
+
+    table = CostTable([[1.0, 1.1, 1.2, 1.6, 2.4]], (1,), ema=0.3)  # T grid 1, 2, 4, 8, 16
+    assert table(1, 3) == pytest.approx(1.15)
+    assert table(1, 32) > table(1, 16)  # extrapolates past the grid
+    for _ in range(12):  # the machine got twice as slow: observed timings are 2x the table
+        table.observe(1, 1, 2.0 * 1.0)
+    assert table(1, 1) == pytest.approx(2.0, rel=0.05)
+    assert table(1, 8) > 1.6 * 1.15  # cells the engine did not use moved too
+
+
+def test_profile_is_cached_on_disk(tiny_dir, tmp_path):
+    from specrouter.drafters.model_level import ModelLevel
+    from specrouter.model.loader import load_model
+    from specrouter.router.profiler import Profiler
+
+    lm = load_model(str(tiny_dir / "target"), dtype="fp32", progress=False)
+    lv = ModelLevel(lm.model, "t", 259, 128)
+    p1 = Profiler.calibrate({"t": lv}, max_batch=2, cache_dir=tmp_path, ctx=32, repeats=1, progress=False)
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1 and "fp32" not in files[0].name and "float32" in files[0].name
+    p2 = Profiler.calibrate({"t": lv}, max_batch=2, cache_dir=tmp_path, ctx=32, repeats=1, progress=False)
+    assert p2.tables["t"].cost == p1.tables["t"].cost
+    assert p1.cost("t", 2, 1) > 0

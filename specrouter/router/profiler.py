@@ -44,15 +44,21 @@ class CostTable:
         return (1 - bw) * row(bi) + bw * row(bj) + extra
 
     def observe(self, B: int, T: int, seconds: float) -> None:
-        """Move the nearest grid cell toward an observed timing (scaled to the cell's (B, T))."""
+        """Move the table toward an observed timing.
+
+        The nearest cell moves by ``ema`` toward the observed/predicted ratio (it learns the shape
+        c(T)); every cell of the same batch size moves by ``ema / 4`` (a machine that got slower
+        or faster shifts all of them, including T values the engine has not used lately).
+        """
         bi = min(range(len(self.b_grid)), key=lambda i: abs(self.b_grid[i] - B))
         ti = min(range(len(T_GRID)), key=lambda i: abs(T_GRID[i] - T))
         predicted = self(B, T)
         if predicted <= 0:
             return
-        # scale the whole cell by the observed/predicted ratio so off-grid timings still teach it
-        target = self.cost[bi][ti] * seconds / predicted
-        self.cost[bi][ti] += self.ema * (target - self.cost[bi][ti])
+        ratio = seconds / predicted
+        for j in range(len(T_GRID)):
+            w = self.ema if j == ti else self.ema / 4
+            self.cost[bi][j] *= 1 + w * (ratio - 1)
 
 
 class Profiler:
@@ -68,7 +74,7 @@ class Profiler:
 
     @classmethod
     def calibrate(cls, levels: dict, max_batch: int = 1, cache_dir: Path | None = None, ctx: int = 256,
-                  repeats: int = 3, progress: bool = True) -> "Profiler":
+                  repeats: int = 5, progress: bool = True) -> "Profiler":
         """levels: name -> ModelLevel. Measures (or loads) every level's cost grid."""
         b_grid = tuple(b for b in B_GRID if b <= max(1, max_batch))
         tables = {}
@@ -102,10 +108,10 @@ def _time(model, B: int, T: int, ctx: int, repeats: int) -> float:
     model(torch.zeros(B, ctx, dtype=torch.long, device=model.device), cache, logits_for="last")
     x = torch.zeros(B, T, dtype=torch.long, device=model.device)
     ts = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + 2):
         t0 = time.perf_counter()
         model(x, cache)
         ts.append(time.perf_counter() - t0)
         for b in range(B):
             cache.rollback(b, ctx)
-    return min(ts[1:])  # the least disturbed run: interference only ever adds time
+    return min(ts[2:])  # the least disturbed run after warm-up: interference only ever adds time
