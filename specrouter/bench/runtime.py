@@ -4,6 +4,10 @@ For each model: decode seconds per token (one new token over a warm cache), and 
 verification pass over T tokens relative to one token. Prints a table and, last, a JSON line.
 The "floor" is the time to stream the model's weight bytes once at ``--gbps`` (bandwidth of a bf16
 matmul on this machine); achieved GB/s = weight bytes / measured time.
+
+With several precisions (``quants``: dense, int8, int4…) every variant of a model is loaded side
+by side and timed in interleaved rounds (A B C A B C …), so background load hits them alike; the
+per-round times give a spread, and "vs dense" divides the dense variant's s/token by each one's.
 """
 
 from __future__ import annotations
@@ -16,15 +20,15 @@ import torch
 
 
 def _weight_bytes(model) -> int:
+    """Bytes of weights one decode step reads: every parameter and buffer (quantized layers keep
+    their packed weights and scales as buffers). The embedding table is a plain attribute, not
+    counted: decode reads one row of it (the head, tied or not, is its own matrix)."""
     seen, total = set(), 0
-    for t in list(model.parameters()) + [model.embed]:
+    for t in list(model.parameters()) + list(model.buffers()):
         if id(t) in seen:
             continue
         seen.add(id(t))
         total += t.numel() * t.element_size()
-    # decode reads one embedding row, not the table (unless the head is tied to it)
-    if model.lm_head.weight is not model.embed:
-        total -= model.embed.numel() * model.embed.element_size()
     return total
 
 
@@ -71,40 +75,65 @@ def time_hf(folder, dtype, prompt_len: int, n_tokens: int) -> float:
         return (time.perf_counter() - t0) / n_tokens
 
 
-def run(specs: list[str], dtype: str, prompt_len: int, n_tokens: int, gbps: float, with_hf: bool = True) -> dict:
-    from ..model.loader import load_model, parse_dtype
+def run(specs: list[str], dtype: str, prompt_len: int, n_tokens: int, gbps: float, with_hf: bool = True,
+        quants: tuple[str, ...] = ("dense",), rounds: int = 3) -> dict:
+    from ..model.loader import load_model, parse_dtype, resolve
+    from ..model.quant import QuantScheme
 
-    results = {}
+    def log(msg):
+        print(f"[runtime] {msg}", file=sys.stderr, flush=True)
+
+    results, firsts = {}, []
+    schemes = [QuantScheme.parse(q) for q in quants]
     for spec in specs:
-        print(f"[runtime] {spec}: loading", file=sys.stderr, flush=True)
-        lm = load_model(spec, dtype=dtype)
-        nbytes = _weight_bytes(lm.model)
-        print(f"[runtime] {spec}: timing ours ({n_tokens} tokens)", file=sys.stderr, flush=True)
-        ours = time_ours(lm.model, prompt_len, n_tokens, (4, 8))
-        folder = lm.folder
-        del lm
-        row = {"ours_s_per_token": ours["decode_s"], "verify4_rel": ours["verify_rel"][4],
-               "verify8_rel": ours["verify_rel"][8], "weight_gb": nbytes / 1e9,
-               "floor_s": nbytes / 1e9 / gbps, "ours_gbps": nbytes / 1e9 / ours["decode_s"]}
-        if with_hf:
-            print(f"[runtime] {spec}: timing transformers", file=sys.stderr, flush=True)
+        variants = {}
+        for sch in schemes:
+            label = spec if sch.is_dense else f"{spec}@{sch.short()}"
+            log(f"{label}: loading")
+            variants[label] = load_model(label, dtype=dtype).model
+        firsts.append(next(iter(variants)))
+        per_tok = max(4, n_tokens // rounds)
+        log(f"{spec}: timing {', '.join(variants)} in {rounds} interleaved rounds of {per_tok} tokens")
+        runs = {label: [] for label in variants}
+        for _ in range(rounds):
+            for label, model in variants.items():
+                runs[label].append(time_ours(model, prompt_len, per_tok, (4, 8)))
+        dense_label = next((lb for lb, sch in zip(variants, schemes) if sch.is_dense), None)
+        for label, model in variants.items():
+            decodes = sorted(r["decode_s"] for r in runs[label])
+            decode = decodes[len(decodes) // 2]
+            verify = {T: sorted(r["verify_rel"][T] for r in runs[label])[len(decodes) // 2] for T in (4, 8)}
+            nbytes = _weight_bytes(model)
+            row = {"ours_s_per_token": decode, "decode_min_s": decodes[0], "decode_max_s": decodes[-1],
+                   "verify4_rel": verify[4], "verify8_rel": verify[8], "weight_gb": nbytes / 1e9,
+                   "floor_s": nbytes / 1e9 / gbps, "ours_gbps": nbytes / 1e9 / decode}
+            results[label] = row
+        if dense_label is not None:
+            for label in variants:
+                results[label]["vs_dense"] = results[dense_label]["ours_s_per_token"] / results[label]["ours_s_per_token"]
+        folder = resolve(spec, progress=False)[1] if with_hf and dense_label else None
+        del variants, runs
+        if folder is not None:
+            log(f"{spec}: timing transformers")
             hf = time_hf(folder, parse_dtype(dtype), prompt_len, n_tokens)
-            row.update({"hf_s_per_token": hf, "ours_vs_hf": ours["decode_s"] / hf})
-        results[spec] = row
+            results[dense_label].update({"hf_s_per_token": hf,
+                                         "ours_vs_hf": results[dense_label]["ours_s_per_token"] / hf})
     if len(specs) >= 2:
-        results["draft_target_cost_ratio"] = results[specs[0]]["ours_s_per_token"] / results[specs[-1]]["ours_s_per_token"]
+        results["draft_target_cost_ratio"] = results[firsts[0]]["ours_s_per_token"] / results[firsts[-1]]["ours_s_per_token"]
     return results
 
 
 def print_table(results: dict) -> None:
-    print(f"{'model':<22}{'ours s/tok':>11}{'HF s/tok':>10}{'ours/HF':>9}{'GB/s':>7}{'floor s':>9}"
-          f"{'verify4':>9}{'verify8':>9}")
+    nan = float("nan")
+    print(f"{'model':<22}{'ours s/tok':>11}{'(min-max)':>16}{'vs dense':>9}{'HF s/tok':>10}{'ours/HF':>9}"
+          f"{'GB':>6}{'GB/s':>7}{'floor s':>9}{'verify4':>9}{'verify8':>9}")
     for name, r in results.items():
         if not isinstance(r, dict):
             continue
-        print(f"{name:<22}{r['ours_s_per_token']:>11.4f}{r.get('hf_s_per_token', float('nan')):>10.4f}"
-              f"{r.get('ours_vs_hf', float('nan')):>9.3f}{r['ours_gbps']:>7.1f}{r['floor_s']:>9.4f}"
-              f"{r['verify4_rel']:>8.2f}x{r['verify8_rel']:>8.2f}x")
+        spread = f"{r.get('decode_min_s', nan):.4f}-{r.get('decode_max_s', nan):.4f}"
+        print(f"{name:<22}{r['ours_s_per_token']:>11.4f}{spread:>16}{r.get('vs_dense', nan):>8.2f}x"
+              f"{r.get('hf_s_per_token', nan):>10.4f}{r.get('ours_vs_hf', nan):>9.3f}{r['weight_gb']:>6.2f}"
+              f"{r['ours_gbps']:>7.1f}{r['floor_s']:>9.4f}{r['verify4_rel']:>8.2f}x{r['verify8_rel']:>8.2f}x")
     if "draft_target_cost_ratio" in results:
         print(f"draft/target cost ratio (ours): {results['draft_target_cost_ratio']:.3f}")
     print(json.dumps(results))

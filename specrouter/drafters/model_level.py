@@ -48,6 +48,19 @@ class ModelLevel:
             self.model(torch.tensor([prompt[:-1]], device=self.model.device), self.cache, logits_for="last",
                        row0=slot)
 
+    def embed_prefix(self, slot: int, ids: list[int]) -> torch.Tensor:
+        """Feed ``ids`` to an empty slot; return their final normed hidden states [len(ids), dim], fp32.
+
+        ``ids`` must be a prefix of the row's committed text, shorter than it (the cache invariant):
+        this is the level's prefill of that prefix, whose hidden states a task classifier pools
+        (``specrouter/tasks``), so the embedding costs no forward beyond the prefill itself.
+        """
+        if not ids:
+            raise ValueError("embed_prefix needs at least one token")
+        self.cache.reset(slot)
+        return self.model(torch.tensor([ids], device=self.model.device), self.cache, row0=slot,
+                          return_hidden=True)[0]
+
     def remove_row(self, slot: int, last: int) -> None:
         if slot != last:
             self.cache.move_row(last, slot)

@@ -1,8 +1,8 @@
 """The one seam every weight matrix of the runtime goes through.
 
 ``make_linear(weight, bias, quant)`` is the only constructor the transformer uses, so a quantized
-layer (int8 / int4 weight-only) only has to implement ``forward(x) -> x @ W.T + b`` and register
-itself in ``LINEAR_KINDS``.
+layer only has to implement ``forward(x) -> x @ W.T + b`` and register itself in ``LINEAR_KINDS``.
+Registered: ``dense`` (here), ``int8`` and ``int4`` (weight-only, ``quant.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .quant import Int4Linear, Int8Linear
 
 
 def _can_pack(weight: torch.Tensor) -> bool:
@@ -43,14 +45,17 @@ class DenseLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-LinearFactory = Callable[[torch.Tensor, "torch.Tensor | None"], nn.Module]
-LINEAR_KINDS: dict[str, LinearFactory] = {"dense": DenseLinear}
+LinearFactory = Callable[..., nn.Module]  # (weight, bias, **options) -> module
+LINEAR_KINDS: dict[str, LinearFactory] = {"dense": DenseLinear, "int8": Int8Linear.from_weight,
+                                          "int4": Int4Linear.from_weight}
 
 
-def make_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, quant: str = "dense") -> nn.Module:
-    """weight: [out, in] already in the compute dtype; bias: [out] or None."""
+def make_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, quant: str = "dense",
+                **options) -> nn.Module:
+    """weight: [out, in] already in the compute dtype; bias: [out] or None; options go to the kind's
+    factory (``group_size`` for int4)."""
     try:
         factory = LINEAR_KINDS[quant]
     except KeyError:
         raise ValueError(f"unknown linear kind {quant!r}; known: {sorted(LINEAR_KINDS)}") from None
-    return factory(weight, bias)
+    return factory(weight, bias, **options)

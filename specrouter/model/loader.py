@@ -4,6 +4,9 @@ Boundary: turns *where a model lives* into a ``Transformer`` plus its ``Tokenize
 dequantized once into an HF-style folder under ``$SPECROUTER_HOME/prepared`` (config.json,
 fp32 safetensors, tokenizer files), so GGUF and HF sources share one code path after loading and
 the second load of a GGUF is a plain safetensors read.
+
+A chain level may carry a precision: ``1.5b@int4``, ``/path/model.gguf@int8`` (``parse_level``).
+A quantized level is built from the same folder and cached packed (``quant_cache.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 
 from ..tokenizer import Tokenizer
 from .args import ModelArgs
+from .quant import QuantScheme
+from .quant_cache import load_quantized
 from .registry import DEFAULT_MODELS, find_default, home, pull
 from .transformer import Transformer
 
@@ -143,13 +148,44 @@ def resolve(spec: str, progress: bool = True) -> tuple[str, Path]:
                             f"not an existing folder, not a .gguf file")
 
 
+def parse_level(spec: str) -> tuple[str, str | None]:
+    """A chain level -> (model spec, quantization or None): ``"1.5b@int4"`` -> ``("1.5b", "int4")``.
+
+    The ``@`` suffix is split off only when it is a valid scheme (see ``QuantScheme``), so a path
+    that itself contains ``@`` still loads; a bad suffix on a spec that is not such a path is an error.
+    """
+    model, sep, suffix = spec.rpartition("@")
+    if not sep:
+        return spec, None
+    try:
+        QuantScheme.parse(suffix)
+    except ValueError as e:
+        if Path(spec).expanduser().exists():
+            return spec, None
+        raise ValueError(f"chain level {spec!r}: {e}") from None
+    if not model.strip():
+        raise ValueError(f"chain level {spec!r}: no model before '@'")
+    return model.strip(), suffix.strip()
+
+
 def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu", quant: str = "dense",
                progress: bool = True) -> LoadedModel:
-    name, folder = resolve(spec, progress)
+    """``spec``: a model spec, optionally ``@quant`` (which wins over ``quant``, the default for
+    specs without one). The LoadedModel's name carries the precision: ``qwen2.5-coder-1.5b@int4``."""
+    model_spec, level_quant = parse_level(spec)
+    scheme = QuantScheme.parse(level_quant if level_quant is not None else quant)
+    name, folder = resolve(model_spec, progress)
     cfg = json.loads((folder / "config.json").read_text())
     args = ModelArgs.from_hf_config(cfg)
-    model = Transformer(args, LazyStateDict(folder), dtype=parse_dtype(dtype), device=device, quant=quant)
-    return LoadedModel(name=name, folder=folder, model=model, tokenizer=Tokenizer.from_folder(folder, name))
+    tokenizer = Tokenizer.from_folder(folder, name)
+    dt = parse_dtype(dtype)
+    if scheme.is_dense:
+        model = Transformer(args, LazyStateDict(folder), dtype=dt, device=device)
+    else:
+        name = f"{name}@{scheme.short()}"
+        model = load_quantized(folder, args, LazyStateDict(folder), scheme, dt, device, label=name,
+                               progress=progress)
+    return LoadedModel(name=name, folder=folder, model=model, tokenizer=tokenizer)
 
 
 def check_same_vocab(models: list[LoadedModel]) -> None:

@@ -153,7 +153,8 @@ class Transformer(nn.Module):
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, n_new: list[int] | None = None,
-                logits_for: "str | torch.Tensor" = "all", row0: int = 0) -> torch.Tensor:
+                logits_for: "str | torch.Tensor" = "all", row0: int = 0,
+                return_hidden: bool = False) -> torch.Tensor:
         """Append ``tokens`` to each row of ``cache`` and return logits.
 
         tokens: [B, T] int64 for cache rows [row0, row0 + B); row b's real tokens are
@@ -162,6 +163,8 @@ class Transformer(nn.Module):
             a [B, P] int64 tensor -> [B, P, V] at those positions of this pass (the head, the most
             expensive matmul of a small model, then runs only where a verifier needs scores).
         Returns float32 logits. Advances ``cache.lengths[row0 + b]`` by ``n_new[b]``.
+        return_hidden: return the final normed hidden states [B, T, dim] (float32) of every position
+            instead of logits (prompt embeddings for task classification, ``specrouter/tasks``).
         """
         B, T = tokens.shape
         if row0 + B > cache.batch_size:
@@ -189,6 +192,8 @@ class Transformer(nn.Module):
             x = block(x, i, cache, row0, cos, sin, positions, start, n_keys, mask)
         for b in range(B):
             cache.lengths[row0 + b] += n_new[b]
+        if return_hidden:
+            return self.norm(x).float()
 
         if isinstance(logits_for, torch.Tensor):  # [B, P] positions (within this pass) to score
             x = x.gather(1, logits_for.to(self.device)[..., None].expand(-1, -1, x.shape[-1]))

@@ -70,8 +70,12 @@ class AdaptiveRouter:
                              lambda lo, up: self.sim.alpha(lo, up, slot),
                              lambda up: self.sim.match_rate(up, slot), self.k_max)
 
+    def candidates_for(self, slot: int) -> list[tuple[str, ...]]:
+        """The chains row ``slot`` may use (all candidates here; per task in ``tasks/routing.py``)."""
+        return self.candidates
+
     def plan(self, slot: int) -> Plan:
-        scored = sorted((self.predict(c, slot) + (c,) for c in self.candidates), key=lambda x: x[0])
+        scored = sorted((self.predict(c, slot) + (c,) for c in self.candidates_for(slot)), key=lambda x: x[0])
         tau, ks, chain = scored[0]
         if len(scored) > 1 and self.rng.random() < self.explore:
             tau, ks, chain = self.rng.choice(scored[1:])
