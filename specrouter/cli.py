@@ -127,13 +127,16 @@ def cmd_bench(a) -> int:
                 if auto:
                     routers[f"{name}+tasks"] = tsr.router
     if a.llamacpp:
-        from .bench.llamacpp import LlamaCppBaseline, target_gguf
+        from .bench.llamacpp import LlamaCppBaseline, LlamaCppUnavailable, target_gguf
 
-        gguf = target_gguf(target_name)  # a clear error when missing / not installed
-        print(f"[bench] loading llama.cpp on {gguf.name} ({torch.get_num_threads()} threads)", file=sys.stderr,
-              flush=True)
-        systems["llama.cpp"] = LlamaCppBaseline(gguf, n_threads=torch.get_num_threads(),
-                                                eos_ids=target_only.tokenizer.eos_ids)
+        try:
+            gguf = target_gguf(target_name)
+            print(f"[bench] loading llama.cpp on {gguf.name} ({torch.get_num_threads()} threads)",
+                  file=sys.stderr, flush=True)
+            systems["llama.cpp"] = LlamaCppBaseline(gguf, n_threads=torch.get_num_threads(),
+                                                    eos_ids=target_only.tokenizer.eos_ids)
+        except LlamaCppUnavailable as e:
+            print(f"[bench] skipping the llama.cpp baseline: {e}", file=sys.stderr, flush=True)
     hf = None
     if not a.no_hf:
         draft_name = next((x for lv in levels_all for x in lv[:-1] if x != "ngram"), None)

@@ -1,6 +1,8 @@
 """Weight-only int8/int4: error bounds of the math, the packed kernels against a dequantized
 reference, the packed-weight disk cache, level syntax, and lossless chains with quantized levels."""
 
+import json
+
 import pytest
 import torch
 
@@ -99,7 +101,7 @@ def test_scheme_strings_round_trip():
     assert QuantScheme.parse("int4-g32-head=int4") == QuantScheme("int4", 32, "int4")
     assert QuantScheme.parse("int8") == QuantScheme("int8", 128, "int8")
     assert QuantScheme.parse("dense").is_dense and QuantScheme.parse(None).is_dense
-    for s in ["int4", "int4-g64", "int8-head=dense", "int4-head=int4", "dense"]:
+    for s in ["int4", "int4-g64", "int8-head=dense", "int4-head=int4", "dense", "int8-head=int4-g32"]:
         sch = QuantScheme.parse(s)
         assert QuantScheme.parse(sch.short()) == sch == QuantScheme.parse(str(sch))
     for bad in ["int3", "int4-g48", "int4-x", "int8-g32", "int4-head=fp8"]:
@@ -192,8 +194,8 @@ def test_agreement_and_overlap_math():
     assert total_nll(torch.zeros(4, 8), torch.arange(4)) == pytest.approx(4 * torch.log(torch.tensor(8.0)).item())
 
 
-def test_quant_eval_on_tiny_models(tiny_dir):
-    from specrouter.bench.quant_eval import evaluate, summarize
+def test_quant_eval_on_tiny_models(tiny_dir, capsys):
+    from specrouter.bench.quant_eval import evaluate, print_report, summarize
     from specrouter.bench.spec_bench import BenchPrompt
 
     base = load_model(str(tiny_dir / "target"), dtype="fp32", progress=False)
@@ -208,3 +210,18 @@ def test_quant_eval_on_tiny_models(tiny_dir):
     assert rows["q4"]["positions"] == rows["same"]["positions"] <= 24
     assert set(rows["q4"]["agreement_by_category"]) == {"coding", "chat"}
     assert 0 < rows["q4"]["one_minus_tvd"] < 1 and rows["q4"]["ppl_drift"] != 0
+    print_report({"target@int4": {"reference": "target", **rows["q4"]}})
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("target@int4") and json.loads(out[-1])["target@int4"]["positions"] == rows["q4"]["positions"]
+
+
+def test_int4_layout_self_check(monkeypatch):
+    """The once-per-device check run off-CPU accepts the real layout and rejects a scrambled one."""
+    monkeypatch.setattr(Q, "_INT4_LAYOUT_CHECKED", set())
+    w = torch.randn(96, 256, generator=torch.Generator().manual_seed(7)).to(torch.bfloat16)
+    lin = Int4Linear.from_weight(w, None, 64)
+    q, s, z = quantize_int4(w, 64, torch.bfloat16)
+    Q._check_int4_layout(lin, q, s, z)
+    assert Q._INT4_LAYOUT_CHECKED == {"cpu"}
+    with pytest.raises(RuntimeError, match="does not match"):
+        Q._check_int4_layout(lin, q.flip(1).contiguous(), s, z)

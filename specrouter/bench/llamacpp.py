@@ -21,6 +21,10 @@ from ..model.loader import parse_level
 from ..model.registry import find_default, model_path
 
 
+class LlamaCppUnavailable(RuntimeError):
+    """The baseline cannot run here (not installed, or the target has no GGUF); bench skips it."""
+
+
 def target_gguf(level: str) -> Path:
     """The GGUF file behind a chain's target level (any ``@quant`` suffix is ignored: the file is
     what llama.cpp runs)."""
@@ -28,9 +32,9 @@ def target_gguf(level: str) -> Path:
     default = find_default(spec)
     path = model_path(default) if default is not None else Path(spec).expanduser()
     if path.suffix.lower() != ".gguf":
-        raise ValueError(f"--llamacpp needs a GGUF target (a default model or a .gguf file); {level!r} is not one")
+        raise LlamaCppUnavailable(f"the target {level!r} is not a GGUF file or a default model")
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (run: specrouter pull {spec})")
+        raise LlamaCppUnavailable(f"{path} does not exist (run: specrouter pull {spec})")
     return path
 
 
@@ -41,8 +45,8 @@ class LlamaCppBaseline:
         try:
             from llama_cpp import Llama
         except ImportError:
-            raise ValueError("--llamacpp needs llama-cpp-python: pip install 'specrouter[llamacpp]' "
-                             "(builds llama.cpp from source, ~5 minutes)") from None
+            raise LlamaCppUnavailable("llama-cpp-python is not installed: pip install 'specrouter[llamacpp]' "
+                                      "(builds llama.cpp from source, ~5 minutes)") from None
         self.eos_ids = frozenset(eos_ids)
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                          verbose=False)

@@ -134,17 +134,17 @@ def summarize(tallies: dict) -> dict:
 
 
 def print_report(results: dict) -> None:
-    print(f"{'variant':<34}{'vs':<22}{'greedy agree':>13}{'1-TVD':>8}{'ppl':>9}{'ppl ref':>9}{'drift':>8}"
+    print(f"{'variant':<38}{'vs':<22}{'greedy agree':>13}{'1-TVD':>8}{'ppl':>9}{'ppl ref':>9}{'drift':>8}"
           f"{'positions':>10}")
     for name, r in results.items():
-        print(f"{name:<34}{r['reference']:<22}{r['greedy_agreement']:>13.3f}{r['one_minus_tvd']:>8.3f}"
+        print(f"{name:<37} {r['reference']:<22}{r['greedy_agreement']:>13.3f}{r['one_minus_tvd']:>8.3f}"
               f"{r['ppl']:>9.3f}{r['ppl_ref']:>9.3f}{100 * r['ppl_drift']:>7.2f}%{r['positions']:>10}")
     cats = sorted({c for r in results.values() for c in r["agreement_by_category"]})
     if cats:
         print("greedy agreement by category:")
-        print(f"{'variant':<34}" + "".join(f"{c[:10]:>11}" for c in cats))
+        print(f"{'variant':<38}" + "".join(f"{c[:10]:>11}" for c in cats))
         for name, r in results.items():
-            print(f"{name:<34}" + "".join(f"{r['agreement_by_category'].get(c, float('nan')):>11.3f}" for c in cats))
+            print(f"{name:<37} " + "".join(f"{r['agreement_by_category'].get(c, float('nan')):>11.3f}" for c in cats))
     print(json.dumps(results))
 
 

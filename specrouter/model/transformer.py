@@ -124,7 +124,10 @@ class Transformer(nn.Module):
             if slot in prebuilt:
                 return prebuilt.pop(slot)
             w_names, b_names = slots[slot]
-            w = torch.cat([get(n) for n in w_names]) if len(w_names) > 1 else get(w_names[0])  # [N, K]
+            if w_names == ("model.embed_tokens.weight",):
+                w = self.embed  # tied head: share the table (packing / quantizing copies it anyway)
+            else:
+                w = torch.cat([get(n) for n in w_names]) if len(w_names) > 1 else get(w_names[0])  # [N, K]
             b = torch.cat([get(n) for n in b_names]) if b_names else None
             kind = self.quant.head if slot == "lm_head" else self.quant.body
             return make_linear(w, b, kind, **({"group_size": self.quant.group_size} if kind == "int4" else {}))
