@@ -6,7 +6,8 @@
 Chain syntax: levels joined by ``>``, lowest (drafter) first, target last. A level is ``ngram``,
 a default model name (``0.5b``, ``qwen2.5-coder-1.5b``…), an HF folder or a GGUF file. A single
 level is the target alone. ``auto`` lets the adaptive router choose, per row and step, among the
-sub-chains of a pool (default ``ngram>0.5b>1.5b``).
+sub-chains of a pool (default ``ngram>0.5b@int4>1.5b``: the int4 copy of the 0.5B drafts; it
+beat the bf16 0.5B as a draft on Spec-Bench, see the README).
 
 Boundary: this layer owns text (tokenizer, chat template, stop strings); the engine owns ids.
 """
@@ -30,7 +31,7 @@ from .speculate import NGRAM
 from .tokenizer import Tokenizer
 
 
-DEFAULT_POOL = "ngram>0.5b>1.5b"
+DEFAULT_POOL = "ngram>0.5b@int4>1.5b"
 
 
 def parse_chain(chain: str) -> list[str]:
@@ -42,6 +43,13 @@ def parse_chain(chain: str) -> list[str]:
     if "ngram" in levels[1:]:
         raise ValueError("'ngram' can only be the lowest level of a chain")
     return levels
+
+
+def is_twin(a: LoadedModel, b: LoadedModel) -> bool:
+    """Same weights (same source folder and shapes) in possibly different precisions, with KV caches
+    of the same layout: one can take the other's prompt keys/values (``ModelLevel.twin``)."""
+    return (a.folder.resolve() == b.folder.resolve() and a.args == b.args
+            and a.model.dtype == b.model.dtype and a.model.device == b.model.device)
 
 
 @dataclass
@@ -90,13 +98,19 @@ class SpecRouter:
         vocab = min(m.args.vocab_size for m in chain_models)
         self.max_seq_len = min(max_seq_len, *(m.args.max_position for m in chain_models))
         pool: dict = {x: ModelLevel(models[x].model, x, vocab, self.max_seq_len) for x in levels if x != NGRAM}
+        for name, lv in pool.items():
+            if name != levels[-1] and is_twin(models[name], self.target):
+                lv.twin = pool[levels[-1]]
         if NGRAM in levels:
             pool[NGRAM] = ngram
         self.pool = pool
         if auto:
             self.router = self._adaptive_router(pool, max_batch, spec_len, ngram, explore, progress)
-        elif spec_len == "costmodel":  # the router's closed-form draft lengths for this one chain
-            self.router = self._adaptive_router(pool, max_batch, None, ngram, 0.0, progress, [tuple(levels)])
+        elif spec_len == "costmodel":
+            # the router's closed-form draft lengths for this one chain, where 0 (the target alone,
+            # probing now and then) is a length too: a row whose draft stopped paying stops drafting
+            self.router = self._adaptive_router(pool, max_batch, None, ngram, 0.0, progress,
+                                                [tuple(levels), (levels[-1],)])
         else:
             policy = parse_length_policy(spec_len or "heuristic") if len(levels) > 1 else FixedLength(0)
             self.router = FixedRouter(tuple(levels), policy)

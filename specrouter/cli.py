@@ -9,7 +9,7 @@ import sys
 import time
 
 DEFAULT_CHAIN = "auto"
-DEFAULT_POOL = "ngram>0.5b>1.5b"
+DEFAULT_POOL = "ngram>0.5b@int4>1.5b"
 QUANT_HELP = ("default precision of chain levels without an @suffix: dense, int8, int4, int4-g32, "
               "[-head=dense|int8|int4] (per level: 1.5b@int4>1.5b)")
 
@@ -103,7 +103,9 @@ def cmd_bench(a) -> int:
                 print(f"[bench] loading {name} ({a.dtype})", file=sys.stderr, flush=True)
                 models[name] = load_model(name, dtype=a.dtype, quant=a.quant)
     target_only = SpecRouter(models, [target_name], max_batch=a.batch_size)
-    systems = {"target": _runner(target_only)}
+    if not 0.0 <= a.temperature <= 100.0:
+        raise ValueError(f"--temperature must be in [0, 100], got {a.temperature}")
+    systems = {"target": _runner(target_only, a.temperature, a.seed)}
     routers = {}
     for chain, lv in zip(chains, levels_all):
         if len(lv) == 1:
@@ -115,7 +117,7 @@ def cmd_bench(a) -> int:
             spec = (None if auto else "heuristic") if base == "auto" else base
             sr = SpecRouter(models, lv, spec_len=spec, auto=auto, batch_cap=not pol.endswith("+nocap"),
                             max_batch=a.batch_size, progress=True)
-            systems[name] = _runner(sr)
+            systems[name] = _runner(sr, a.temperature, a.seed)
             if auto:
                 routers[name] = sr.router
             if tkw:
@@ -123,7 +125,7 @@ def cmd_bench(a) -> int:
 
                 tsr = TaskSpecRouter(models, lv, spec_len=spec, auto=auto, batch_cap=not pol.endswith("+nocap"),
                                      max_batch=a.batch_size, progress=True, **tkw)
-                systems[f"{name}+tasks"] = _runner(tsr)
+                systems[f"{name}+tasks"] = _runner(tsr, a.temperature, a.seed)
                 if auto:
                     routers[f"{name}+tasks"] = tsr.router
     if a.llamacpp:
@@ -144,7 +146,8 @@ def cmd_bench(a) -> int:
             print("[bench] no model drafter in the chains: skipping HF assisted generation", file=sys.stderr)
         else:
             print(f"[bench] loading transformers models for assisted generation", file=sys.stderr, flush=True)
-            hf = HFAssisted(models[target_name].folder, models[draft_name].folder, parse_dtype(a.dtype))
+            hf = HFAssisted(models[target_name].folder, models[draft_name].folder, parse_dtype(a.dtype),
+                            temperature=a.temperature, seed=a.seed)
     print(f"[bench] {len(prompts)} prompts x {len(systems) + (hf is not None)} systems, "
           f"{a.max_new_tokens} new tokens, batch {a.batch_size}", file=sys.stderr, flush=True)
     def save(rows):
@@ -176,11 +179,17 @@ def cmd_bench_report(a) -> int:
     return 0
 
 
-def _runner(sr):
+def _runner(sr, temperature: float = 0.0, seed: int = 0):
+    """A bench system: greedy, or sampled with one seed per call shared by every system."""
     from .sampling import SamplingParams
 
+    calls = iter(range(seed, 1 << 62))
+
     def run(ids: list[list[int]], max_new: int):
-        gens = sr.generate_ids(ids, SamplingParams(max_new_tokens=max_new))
+        s = next(calls)
+        plist = [SamplingParams(max_new_tokens=max_new, temperature=temperature, seed=s * 1000 + j)
+                 for j in range(len(ids))] if temperature > 0 else SamplingParams(max_new_tokens=max_new)
+        gens = sr.generate_ids(ids, plist)
         return [(g.tokens, g.stats.steps, dict(g.stats.chains)) for g in gens]
     return run
 
@@ -304,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated length policies: fixed:K, heuristic, entropy, dsde, costmodel; "
                         "'auto' = heuristic for fixed chains, the router's cost model for 'auto'; a '+nocap' "
                         "suffix turns off the batch cap")
+    b.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); > 0 samples every system with the same per-prompt seeds "
+                        "(the 'match' column then compares samples, not a correctness check)")
+    b.add_argument("--seed", type=int, default=0, help="base seed of the per-prompt sampling seeds")
     b.add_argument("--no-hf", action="store_true", help="skip transformers' assisted generation")
     b.add_argument("--llamacpp", action="store_true",
                    help="add llama.cpp decoding the target's GGUF (needs: pip install 'specrouter[llamacpp]')")

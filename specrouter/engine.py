@@ -21,6 +21,7 @@ of the next verification); every other level holds a prefix of that.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import defaultdict, deque
@@ -31,7 +32,7 @@ import torch
 
 from .drafters.model_level import ModelLevel
 from .sampling import SamplingParams
-from .speculate import NGRAM, draft, verify_round
+from .speculate import NGRAM, RowContext, draft, verify_round
 
 StopCheck = Callable[[list[int]], bool]  # generated ids -> True when a stop string has appeared
 OnTokens = Callable[["Request", list[int]], None]
@@ -76,6 +77,7 @@ class Request:
     committed: list[int] = field(default_factory=list)
     slot: int | None = None
     aborted: bool = False
+    rid: int = -1  # engine-assigned serial number (keys the router's per-request latency log)
 
     @property
     def done(self) -> bool:
@@ -98,6 +100,7 @@ class SpeculativeEngine:
             lv.reserve(max_batch)
         self.rows: list[Request] = []  # live rows, rows[b].slot == b
         self.waiting: deque[Request] = deque()
+        self._serial = itertools.count()
 
     # ------------------------------------------------------------------ requests
     def add(self, prompt: list[int], params: SamplingParams, stop_check: StopCheck | None = None,
@@ -108,7 +111,7 @@ class SpeculativeEngine:
             raise ValueError(f"prompt has {len(prompt)} tokens; the context holds {self.max_seq_len} "
                              f"(prompt plus at least one new token)")
         req = Request(Generation(list(prompt)), params, params.generator(self.target.model.device), stop_check,
-                      on_tokens, tag, committed=list(prompt))
+                      on_tokens, tag, committed=list(prompt), rid=next(self._serial))
         self.waiting.append(req)
         return req
 
@@ -142,7 +145,7 @@ class SpeculativeEngine:
         committed = [r.committed for r in rows]
         params = [r.params for r in rows]
         gens = [r.generator for r in rows]
-        plans = [self.router.plan(b) for b in range(B)]
+        plans = [self.router.plan(b, self._context(b, r)) for b, r in enumerate(rows)]
         k = {b: min(p.ks[-1], self._budget(r)) if len(p.chain) > 1 else 0 for b, (p, r) in enumerate(zip(plans, rows))}
         if self.batch_cap and B > 1:  # one long draft must not make every other row wait
             cap = math.ceil(sum(k.values()) / B)
@@ -180,7 +183,7 @@ class SpeculativeEngine:
             if r.on_tokens is not None and new:
                 r.on_tokens(r, new)
             r.gen.finish_reason = reason
-            self.router.observe_step(b, plans[b], elapsed, len(new), r.tag)
+            self.router.observe_step(b, plans[b], elapsed, len(new), r.rid)
         for lv in self.levels:  # every level keeps only committed text (the target: committed[:-1])
             lv.sync(committed)
         done = [r for r in rows if r.done]
@@ -209,6 +212,9 @@ class SpeculativeEngine:
         for lv in self.levels:
             lv.add_row(slot)  # drafters fill lazily, on first use
         self.target.prefill(slot, r.committed)  # prefill all but the last token, verified next step
+        for lv in self.levels:
+            if lv.twin is self.target:  # a quantized copy of the target takes its prompt keys/values
+                lv.seed_from_twin(slot)
         self.router.add_row(slot)
         if hasattr(self.router, "label_row"):  # task-aware routers label the row now (tasks/routing.py)
             self.router.label_row(slot, r.committed)
@@ -227,6 +233,13 @@ class SpeculativeEngine:
             self.rows[b].slot = b
         self.rows.pop()
         r.slot = None
+
+    def _context(self, b: int, r: Request) -> RowContext:
+        """What the router may weigh for row b: tokens each non-target level still has to catch up
+        on (its cache holds a prefix of committed[:-1]), and the tokens the row may still commit."""
+        n = len(r.committed) - 1
+        return RowContext({lv.name: n - lv.cache.lengths[b] for lv in self.levels if lv is not self.target},
+                          self._budget(r) + 1)
 
     def _budget(self, r: Request) -> int:
         """Drafts row r may still send: its new-token budget minus the verifier's own token."""

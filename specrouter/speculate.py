@@ -55,6 +55,19 @@ class RoundResult:
 
 
 @dataclass(frozen=True)
+class RowContext:
+    """What a router may know about a row when it plans the row's next step.
+
+    pending: level name -> committed tokens that level has not seen yet (a level that never ran for
+    this row has the whole prompt pending: using it first costs a prefill); budget: tokens the row
+    may still commit (an upper bound on what that one-off cost is spread over).
+    """
+
+    pending: dict[str, int]
+    budget: int
+
+
+@dataclass(frozen=True)
 class Plan:
     """A row's chain for one step: levels lowest first, target last; ks[i] = drafts level i sends up."""
 

@@ -45,3 +45,33 @@ def test_bench_rejects_malformed_jsonl(tmp_path, capsys):
     bad.write_text('{"question_id": 1, "turns": ["no category"]}\n')
     assert main(["bench", "--prompts", str(bad), "--chains", "x", "--threads", "1"]) == 2
     assert "Spec-Bench record" in capsys.readouterr().err
+
+
+def test_bench_samples_with_shared_seeds(tiny_dir, tmp_path, capsys):
+    """--temperature samples every system (HF assisted included) with per-prompt seeds; a second run
+    with the same --seed reproduces our systems' outputs, so the tables compare like with like."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"question_id": i, "category": "chat", "turns": [t]})
+                                 for i, t in enumerate(["hi there", "tell me a story"])))
+    out_rows = []
+    for run in range(2):
+        rows = tmp_path / f"rows{run}.json"
+        assert main(["bench", "--prompts", str(prompts), "--max-new-tokens", "12", "--temperature", "1.0",
+                     "--seed", "7", "--chains", f"{tiny_dir / 'draft'}>{tiny_dir / 'target'}", "--dtype", "fp32",
+                     "--threads", "1", "--out", str(rows)]) == 0
+        capsys.readouterr()
+        out_rows.append(json.loads(rows.read_text())["rows"])
+    assert out_rows[0][0]["hf_assisted"]["tokens"] > 0
+    chain = f"{tiny_dir / 'draft'}>{tiny_dir / 'target'}"
+    for system in ("target", chain):
+        assert [r[system]["digest"] for r in out_rows[0]] == [r[system]["digest"] for r in out_rows[1]]
+    assert len({r["target"]["digest"] for r in out_rows[0]}) == 2
+    assert main(["bench", "--prompts", str(prompts), "--temperature", "-0.5", "--chains", str(tiny_dir / "target"),
+                 "--threads", "1"]) == 2
+    assert "temperature" in capsys.readouterr().err
+
+
+def test_cli_and_api_agree_on_the_default_pool():
+    from specrouter import api, cli
+
+    assert cli.DEFAULT_POOL == api.DEFAULT_POOL  # cli keeps its own copy so --help does not import torch

@@ -225,3 +225,29 @@ def test_int4_layout_self_check(monkeypatch):
     assert Q._INT4_LAYOUT_CHECKED == {"cpu"}
     with pytest.raises(RuntimeError, match="does not match"):
         Q._check_int4_layout(lin, q.flip(1).contiguous(), s, z)
+
+
+def test_quantized_copy_of_the_target_takes_its_prompt_kv(tiny_dir):
+    """A quantized twin of the target is seeded with the target's prompt keys/values at admission
+    (no prefill of its own), the seeded cache equals the target's, and output stays lossless."""
+    from specrouter.api import SpecRouter
+    from specrouter.sampling import SamplingParams
+
+    t = tiny_dir / "target"
+    sr = SpecRouter.from_chain(f"{t}@int4>{t}", dtype="fp32", progress=False, spec_len="fixed:3")
+    q, target = sr.pool[f"{sr.levels[0]}"], sr.pool[sr.levels[-1]]
+    assert q.twin is target
+    other = SpecRouter.from_chain(f"{tiny_dir / 'draft'}@int4>{t}", dtype="fp32", progress=False)
+    assert other.pool[other.levels[0]].twin is None  # another model's weights: no twin
+
+    ids = sr.encode_prompt("The quick brown fox", chat=False)
+    req = sr.engine.add(ids, SamplingParams(max_new_tokens=8))
+    sr.engine._schedule()  # admission: the target prefills, the twin is seeded
+    n = len(ids) - 1
+    assert q.cache.lengths[0] == target.cache.lengths[0] == n
+    for a, b in zip(q.cache.k + q.cache.v, target.cache.k + target.cache.v):
+        assert torch.equal(a[0, :, :n], b[0, :, :n])
+    while sr.engine.has_work():
+        sr.engine.step()
+    ref = SpecRouter.from_chain(str(t), dtype="fp32", progress=False).generate_ids([ids], SamplingParams(max_new_tokens=8))
+    assert req.gen.tokens == ref[0].tokens

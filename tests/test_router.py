@@ -71,6 +71,7 @@ def test_router_switches_chain_when_a_level_slows_down(auto, tiny_dir):
         chains.append(sr.router.current[0].chain)
     assert any(d.name in c for c in chains[-4:]), chains
     d.extra_delay_s = 0.4  # now the draft is slow: every chain through it loses
+    sr.router.probe_every = sr.router.gap[0] = 1000  # probes are tested on their own below
     after = []
     for _ in range(10):
         sr.engine.step()
@@ -80,6 +81,67 @@ def test_router_switches_chain_when_a_level_slows_down(auto, tiny_dir):
     assert all(d.name not in c for c in after[switched + 2:]), after
     sr.engine.abort(req)
     sr.engine.step()
+
+
+class _Costs:
+    """Profiler stand-in with fixed per-forward costs: the router only reads cost(level, B, T)."""
+
+    def __init__(self, costs):
+        self.costs = costs
+
+    def cost(self, level, B, T):
+        return self.costs[level] * (1 + 0.05 * (T - 1))
+
+
+def test_router_probes_a_drafting_chain_when_the_target_has_decoded_alone_for_a_while():
+    from specrouter.router.adaptive import AdaptiveRouter
+    from specrouter.router.similarity import Similarity
+    from specrouter.speculate import PairFeedback
+
+    sim = Similarity({("d", "t"): 0.5})
+    router = AdaptiveRouter(("d", "t"), _Costs({"d": 0.2, "t": 1.0}), sim, explore=0.0, probe_every=4)
+    router.add_row(0)
+    for _ in range(6):  # the row's draft keeps failing: the target decodes alone, with sparse probes
+        plan = router.plan(0)
+        if len(plan.chain) > 1:
+            router.observe(PairFeedback(0, "d", "t", plan.ks[-1], 0, tvd=[0.95] * plan.ks[-1]))
+    chains = []
+    for _ in range(40):
+        plan = router.plan(0)
+        chains.append(len(plan.chain))
+        if len(plan.chain) > 1:
+            router.observe(PairFeedback(0, "d", "t", plan.ks[-1], 0, tvd=[0.95] * plan.ks[-1]))
+    probes = [i for i, n in enumerate(chains) if n > 1]
+    assert 2 <= len(probes) <= 4, chains  # probes happen, and back off (gaps 4, 8, 16, ... alone steps)
+    assert all(b - a > 4 for a, b in zip(probes, probes[1:]))
+    chains = []
+    for _ in range(60):  # the draft recovers: a probe sees full acceptance and the row drafts again
+        plan = router.plan(0)
+        chains.append(len(plan.chain))
+        if len(plan.chain) > 1:
+            router.observe(PairFeedback(0, "d", "t", plan.ks[-1], plan.ks[-1], tvd=[0.01] * plan.ks[-1]))
+    assert chains[-10:] == [2] * 10, chains
+
+
+def test_router_weighs_the_catch_up_of_a_level_that_has_not_seen_the_prompt():
+    """A cheap, faithful draft wins on a short prompt; on a 2,000-token prompt with a short budget its
+    prefill outweighs the savings and the target decodes alone; once caught up it drafts again."""
+    from specrouter.router.adaptive import AdaptiveRouter
+    from specrouter.router.profiler import CostTable, Profiler
+    from specrouter.router.similarity import Similarity
+    from specrouter.speculate import RowContext
+
+    tables = {"d": CostTable([[0.2, 0.21, 0.22, 0.25, 0.3]], (1,)), "t": CostTable([[1.0, 1.0, 1.05, 1.1, 1.2]], (1,))}
+    prof = Profiler(tables, prefill={"d": 0.01, "t": 0.02})
+    assert prof.prefill_cost("d", 2000) == pytest.approx(20.0)
+    router = AdaptiveRouter(("d", "t"), prof, Similarity({("d", "t"): 0.8}), explore=0.0)
+    router.add_row(0)
+    assert router.plan(0, RowContext({"d": 30}, 128)).chain == ("d", "t")
+    assert router.plan(0, RowContext({"d": 2000}, 16)).chain == ("t",)
+    assert router.plan(0, RowContext({"d": 2000}, 100_000)).chain == ("d", "t")  # amortized away
+    assert router.plan(0, RowContext({"d": 1}, 16)).chain == ("d", "t")
+    prof.observe("d", 1, 500, 500 * 0.03)  # a slower catch-up pass observed: the rate moves toward it
+    assert 0.01 < prof.prefill["d"] < 0.03
 
 
 def test_cost_table_interpolates_and_tracks_a_slower_machine():
@@ -106,4 +168,5 @@ def test_profile_is_cached_on_disk(tiny_dir, tmp_path):
     assert len(files) == 1 and "fp32" not in files[0].name and "float32" in files[0].name
     p2 = Profiler.calibrate({"t": lv}, max_batch=2, cache_dir=tmp_path, ctx=32, repeats=1, progress=False)
     assert p2.tables["t"].cost == p1.tables["t"].cost
+    assert p2.prefill == p1.prefill and p1.prefill["t"] > 0  # the long-pass rate is cached too
     assert p1.cost("t", 2, 1) > 0

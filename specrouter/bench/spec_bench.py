@@ -13,6 +13,7 @@ one JSON object with the same numbers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -64,8 +65,11 @@ def load_prompts(path: str | Path, categories: list[str] | None = None, per_cate
 class HFAssisted:
     """transformers' assisted generation with the same weights (loaded from the prepared folders)."""
 
-    def __init__(self, target_folder: Path, draft_folder: Path, dtype: torch.dtype):
+    def __init__(self, target_folder: Path, draft_folder: Path, dtype: torch.dtype, temperature: float = 0.0,
+                 seed: int = 0):
         from transformers import AutoModelForCausalLM
+
+        self.temperature, self.seed = temperature, seed
 
         self.target = AutoModelForCausalLM.from_pretrained(str(target_folder), dtype=dtype).eval()
         self.draft = AutoModelForCausalLM.from_pretrained(str(draft_folder), dtype=dtype).eval()
@@ -73,8 +77,13 @@ class HFAssisted:
     @torch.inference_mode()
     def generate(self, ids: list[int], max_new_tokens: int, eos_ids) -> list[int]:
         x = torch.tensor([ids])
+        sampling = {"do_sample": False}
+        if self.temperature > 0:  # transformers samples from the global RNG
+            torch.manual_seed(self.seed)
+            self.seed += 1
+            sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
         out = self.target.generate(x, attention_mask=torch.ones_like(x), assistant_model=self.draft,
-                                   max_new_tokens=max_new_tokens, do_sample=False,
+                                   max_new_tokens=max_new_tokens, **sampling,
                                    eos_token_id=sorted(eos_ids), pad_token_id=min(eos_ids))
         return out[0, len(ids):].tolist()
 
@@ -144,7 +153,9 @@ def run_bench(prompts: list[BenchPrompt], systems: dict, tokenizer, max_new_toke
             ref = res["target"][j]["ids"]
             for name in res:
                 r = dict(res[name][j])
-                r["match"] = r.pop("ids") == ref
+                ids = r.pop("ids")
+                r["match"] = ids == ref
+                r["digest"] = hashlib.sha1(repr(ids).encode()).hexdigest()[:12]  # compare runs without ids
                 row[name] = r
             rows.append(row)
         if on_rows is not None:  # e.g. save partial results: a long run interrupted keeps what it measured

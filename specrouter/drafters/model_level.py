@@ -32,6 +32,13 @@ class ModelLevel:
         self.cache = None
         self.on_timing: TimingHook | None = None
         self.extra_delay_s = 0.0  # injected cost per forward (adaptation tests and demos)
+        # A level with the same weights in another precision (``1.5b@int4`` and ``1.5b``): when the
+        # twin prefills a row, this level takes the twin's prompt keys/values instead of running
+        # its own prefill. Why: int4/int8 kernels are fast at one row but slow over hundreds
+        # (a 768-token prefill of the int4 1.5B costs 2.3x the bf16 one here). The seeded cache
+        # makes this level's proposals q slightly different from its own-prefill ones; lossless
+        # all the same, because verification uses exactly the q this level drafted from.
+        self.twin: ModelLevel | None = None
 
     # ------------------------------------------------------------------ rows
     def reserve(self, max_batch: int) -> None:
@@ -47,6 +54,13 @@ class ModelLevel:
         if len(prompt) > 1:
             self.model(torch.tensor([prompt[:-1]], device=self.model.device), self.cache, logits_for="last",
                        row0=slot)
+
+    def seed_from_twin(self, slot: int) -> bool:
+        """Copy the twin's cached prefix of row ``slot`` (right after the twin's prefill); True if done."""
+        if self.twin is None:
+            return False
+        self.cache.copy_row_from(self.twin.cache, slot, self.twin.cache.lengths[slot])
+        return True
 
     def embed_prefix(self, slot: int, ids: list[int]) -> torch.Tensor:
         """Feed ``ids`` to an empty slot; return their final normed hidden states [len(ids), dim], fp32.

@@ -59,6 +59,20 @@ class KVCache:
             v[dst, :, :n] = v[src, :, :n]
         self.lengths[dst] = n
 
+    def copy_row_from(self, other: "KVCache", row: int, n: int) -> None:
+        """Take the first ``n`` positions of ``other``'s row ``row`` as this cache's row (same layout:
+        layers, kv heads, head_dim, dtype). Used to seed a quantized copy of a model with the
+        prompt keys/values its full-precision twin already computed."""
+        if (len(self.k), self.k[0].shape[1:2] + self.k[0].shape[3:], self.k[0].dtype) != \
+                (len(other.k), other.k[0].shape[1:2] + other.k[0].shape[3:], other.k[0].dtype):
+            raise ValueError("copy_row_from needs caches of the same layers, kv heads, head_dim and dtype")
+        if not 0 <= n <= other.lengths[row]:
+            raise ValueError(f"row {row} of the source holds {other.lengths[row]} tokens, asked for {n}")
+        for k, v, ok, ov in zip(self.k, self.v, other.k, other.v):
+            k[row, :, :n] = ok[row, :, :n]
+            v[row, :, :n] = ov[row, :, :n]
+        self.lengths[row] = n
+
     def check_room(self, row0: int, n_new: list[int]) -> None:
         """Raise if appending n_new[i] tokens to row row0 + i would pass the context length."""
         for b, n in enumerate(n_new, row0):

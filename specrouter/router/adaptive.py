@@ -3,9 +3,18 @@ seconds per committed token.
 
 plan(slot):    for every candidate chain (each ordered sub-path of the pool that ends at the
                target, "target alone" included), evaluate the closed-form latency model with the
-               profiler's costs at the current batch size and the row's acceptance estimates; pick
-               the minimum. With probability ``explore`` pick another candidate instead, so that
-               estimates of unused pairs don't go stale (their rows catch up lazily, see levels).
+               profiler's costs at the current batch size and the row's acceptance estimates, plus
+               the one-off cost of bringing the chain's levels up to date with the row (a level
+               never used for this row must prefill the prompt), spread over the row's remaining
+               budget; pick the minimum. Why the catch-up term: on a 1,500-token RAG prompt with a
+               short answer, prefilling an int4 draft cost more than all the drafting saved.
+               With probability ``explore`` pick another candidate instead, so that estimates of
+               unused pairs don't go stale (their rows catch up lazily, see levels).
+               A row that has decoded with the target alone for ``probe_every`` steps in a row
+               drafts once with the best drafting chain: without it a request whose acceptance
+               dipped (say, a passage the draft cannot follow) would never learn that it recovered.
+               Each probe that does not win the row back doubles the row's wait for the next
+               (at most 8x).
 observe(fb):   feed pair feedback to the similarity estimates (and to a length policy, if one
                overrides the top draft length).
 observe_step:  log (request, chain, predicted, realized seconds/token) for accuracy reports.
@@ -17,7 +26,7 @@ import itertools
 import random
 from collections import defaultdict
 
-from ..speculate import PairFeedback, Plan
+from ..speculate import NGRAM, PairFeedback, Plan, RowContext
 from .latency import chain_latency
 from .profiler import Profiler
 from .similarity import Similarity
@@ -36,21 +45,27 @@ def candidate_chains(pool: tuple[str, ...]) -> list[tuple[str, ...]]:
 class AdaptiveRouter:
     def __init__(self, pool: tuple[str, ...], profiler: Profiler, similarity: Similarity,
                  candidates: list[tuple[str, ...]] | None = None, explore: float = 0.05, k_max: int = 12,
-                 length_policy=None, seed: int = 0):
+                 length_policy=None, seed: int = 0, probe_every: int = 8):
         self.pool, self.profiler, self.sim = tuple(pool), profiler, similarity
         self.candidates = candidates or candidate_chains(self.pool)
         self.explore, self.k_max, self.policy = explore, k_max, length_policy
+        self.probe_every = probe_every
+        self.alone: list[int] = []  # per row: consecutive steps decoded by the target alone
+        self.gap: list[int] = []  # per row: alone-steps before the next probe (doubles per probe)
         self.rng = random.Random(seed)
         self.n_rows = 0
         self.current: list[Plan | None] = []
         self.segments: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])  # pred*n, secs, n, steps
         self.decisions: list[dict] = []
         self.log_decisions = True
+        self.max_segments = 10_000
 
     # ------------------------------------------------------------------ rows
     def add_row(self, slot: int) -> None:
         self.n_rows += 1
         self.current.append(None)
+        self.alone.append(0)
+        self.gap.append(self.probe_every)
         self.sim.add_row(slot)
         if self.policy is not None:
             self.policy.add_row(slot)
@@ -59,6 +74,10 @@ class AdaptiveRouter:
         self.n_rows -= 1
         self.current[slot] = self.current[last]
         self.current.pop()
+        self.alone[slot] = self.alone[last]
+        self.alone.pop()
+        self.gap[slot] = self.gap[last]
+        self.gap.pop()
         self.sim.remove_row(slot, last)
         if self.policy is not None:
             self.policy.remove_row(slot, last)
@@ -74,11 +93,29 @@ class AdaptiveRouter:
         """The chains row ``slot`` may use (all candidates here; per task in ``tasks/routing.py``)."""
         return self.candidates
 
-    def plan(self, slot: int) -> Plan:
-        scored = sorted((self.predict(c, slot) + (c,) for c in self.candidates_for(slot)), key=lambda x: x[0])
+    def catchup_s_per_token(self, chain: tuple[str, ...], ctx: RowContext | None) -> float:
+        """One-off cost of feeding the chain's lower levels what they missed, per remaining token."""
+        if ctx is None:
+            return 0.0
+        s = sum(self.profiler.prefill_cost(lv, ctx.pending.get(lv, 0)) for lv in chain[:-1] if lv != NGRAM)
+        return s / max(1, ctx.budget)
+
+    def plan(self, slot: int, ctx: RowContext | None = None) -> Plan:
+        scored = []
+        for c in self.candidates_for(slot):
+            tau, ks = self.predict(c, slot)
+            scored.append((tau + self.catchup_s_per_token(c, ctx), ks, c))
+        scored.sort(key=lambda x: x[0])
         tau, ks, chain = scored[0]
         if len(scored) > 1 and self.rng.random() < self.explore:
             tau, ks, chain = self.rng.choice(scored[1:])
+        elif len(chain) == 1 and self.alone[slot] >= self.gap[slot]:  # probe a drafting chain
+            tau, ks, chain = next((x for x in scored if len(x[2]) > 1), (tau, ks, chain))
+            ks = ks[:-1] + (max(ks[-1], 4),)  # several drafts: one probe should be worth its cost
+            self.gap[slot] = min(2 * self.gap[slot], 8 * self.probe_every)
+        elif len(chain) > 1:
+            self.gap[slot] = self.probe_every
+        self.alone[slot] = self.alone[slot] + 1 if len(chain) == 1 else 0
         if self.policy is not None and len(chain) > 1:
             ks = ks[:-1] + (self.policy.propose(slot),)
         plan = Plan(chain, ks, tau)
@@ -101,12 +138,14 @@ class AdaptiveRouter:
     def observe_step(self, slot: int, plan: Plan, seconds: float, n_tokens: int, tag=None) -> None:
         if plan.predicted_s_per_token is None or n_tokens == 0:
             return
+        if len(self.segments) >= self.max_segments:  # a long-running server: forget the oldest
+            del self.segments[next(iter(self.segments))]
         seg = self.segments[(tag, plan.chain)]
         seg[0] += plan.predicted_s_per_token * n_tokens
         seg[1] += seconds
         seg[2] += n_tokens
         seg[3] += 1
-        if self.log_decisions:
+        if self.log_decisions and len(self.decisions) < self.max_segments * 10:
             self.decisions.append({"tag": tag, "chain": ">".join(plan.chain), "ks": list(plan.ks),
                                    "predicted_s_per_token": plan.predicted_s_per_token,
                                    "realized_s_per_token": seconds / n_tokens})

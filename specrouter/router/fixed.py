@@ -26,7 +26,7 @@ class FixedRouter:
     def remove_row(self, slot: int, last: int) -> None:
         self.policy.remove_row(slot, last)
 
-    def plan(self, slot: int) -> Plan:
+    def plan(self, slot: int, ctx=None) -> Plan:
         if len(self.chain) == 1:
             return Plan(self.chain, ())
         return Plan(self.chain, self.inner + (self.policy.propose(slot),))

@@ -5,6 +5,11 @@ cache already holding ``ctx`` tokens, and is cached on disk keyed by model, dtyp
 thread count. Afterwards the engine's own timings keep it current: every timed forward updates
 its (B, T) cell by an exponential moving average, so a slower machine or a busy core raises the
 estimates within a few steps. Lookups interpolate linearly in T and B between grid points.
+
+Long passes (a level catching up on a prompt it never saw) are costed separately, as seconds per
+token of a one-row pass of ``PREFILL_T`` tokens: calibrated once, then tracked from the engine's own
+long passes. Why separately: the grid's slope between 8 and 16 tokens says little about 1,000 —
+bf16 verification is nearly free at 16 tokens, while the int4 kernels scale with every row.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import torch
 
 T_GRID = (1, 2, 4, 8, 16)
+PREFILL_T = 128
 B_GRID = (1, 2, 4, 8, 16, 32)
 
 
@@ -62,36 +68,56 @@ class CostTable:
 
 
 class Profiler:
-    def __init__(self, tables: dict[str, CostTable]):
+    def __init__(self, tables: dict[str, CostTable], prefill: dict[str, float] | None = None, ema: float = 0.3):
         self.tables = tables
+        self.prefill = dict(prefill or {})  # level -> seconds per token of a long one-row pass
+        self.ema = ema
 
     def cost(self, level: str, B: int, T: int) -> float:
         return self.tables[level](B, T)
 
+    def prefill_cost(self, level: str, n_tokens: int) -> float:
+        """Seconds for ``level`` to catch up on ``n_tokens`` it has not seen (0 for unknown levels)."""
+        if n_tokens <= 0:
+            return 0.0
+        if n_tokens <= T_GRID[-1] or level not in self.prefill:
+            return self.cost(level, 1, n_tokens) if level in self.tables else 0.0
+        return self.prefill[level] * n_tokens
+
     def observe(self, level: str, B: int, T: int, seconds: float) -> None:
-        if level in self.tables and T <= 2 * T_GRID[-1]:  # prefill-sized passes are not decode costs
+        if level not in self.tables:
+            return
+        if T <= 2 * T_GRID[-1]:
             self.tables[level].observe(B, T, seconds)
+        elif B == 1:  # a catch-up pass: prefill-sized, not a decode cost
+            rate = seconds / T
+            old = self.prefill.get(level, rate)
+            self.prefill[level] = old + self.ema * (rate - old)
 
     @classmethod
     def calibrate(cls, levels: dict, max_batch: int = 1, cache_dir: Path | None = None, ctx: int = 256,
                   repeats: int = 5, progress: bool = True) -> "Profiler":
         """levels: name -> ModelLevel. Measures (or loads) every level's cost grid."""
         b_grid = tuple(b for b in B_GRID if b <= max(1, max_batch))
-        tables = {}
+        tables, prefill = {}, {}
         for name, lv in levels.items():
             key = _cache_key(lv, b_grid, ctx)
             path = cache_dir / f"{key}.json" if cache_dir else None
-            if path is not None and path.exists():
-                tables[name] = CostTable(json.loads(path.read_text())["cost"], b_grid)
+            saved = json.loads(path.read_text()) if path is not None and path.exists() else {}
+            if "cost" in saved and "prefill_s_per_token" in saved:
+                tables[name] = CostTable(saved["cost"], b_grid)
+                prefill[name] = saved["prefill_s_per_token"]
                 continue
             if progress:
-                print(f"[profiler] calibrating {name}: B in {b_grid}, T in {T_GRID}", file=sys.stderr, flush=True)
+                print(f"[profiler] calibrating {name}: B in {b_grid}, T in {T_GRID}, prefill {PREFILL_T}",
+                      file=sys.stderr, flush=True)
             cost = [[_time(lv.model, B, T, ctx, repeats) for T in T_GRID] for B in b_grid]
             tables[name] = CostTable(cost, b_grid)
+            prefill[name] = _time(lv.model, 1, PREFILL_T, ctx, 2) / PREFILL_T
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps({"level": name, "cost": cost}))
-        return cls(tables)
+                path.write_text(json.dumps({"level": name, "cost": cost, "prefill_s_per_token": prefill[name]}))
+        return cls(tables, prefill)
 
 
 def _cache_key(level, b_grid, ctx) -> str:

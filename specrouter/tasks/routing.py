@@ -137,8 +137,8 @@ class TaskChainRouter(FixedRouter):
     def label_row(self, slot: int, prompt: list[int]) -> None:
         self.row_task[slot] = self.labeler(slot, prompt)
 
-    def plan(self, slot: int) -> Plan:
-        p = super().plan(slot)
+    def plan(self, slot: int, ctx=None) -> Plan:
+        p = super().plan(slot, ctx)
         lv = self.task_levels.get(self.row_task[slot])
         return p if lv is None else Plan(substitute(p.chain, self.draft, lv), p.ks)
 
