@@ -144,3 +144,43 @@ def test_same_seed_same_output():
     a = make_engine(["d", "t"], FixedLength(3)).generate([PROMPTS[0]], params)[0]
     b = make_engine(["d", "t"], FixedLength(3)).generate([PROMPTS[0]], params)[0]
     assert a.tokens == b.tokens
+
+
+def _switching_router(explore):
+    """An adaptive router over the candidates ``costmodel`` uses for the chain d>t — the chain, and
+    the target alone — exploring a lot, so rows flip between drafting and not from step to step."""
+    from specrouter.router.adaptive import AdaptiveRouter
+    from specrouter.router.profiler import CostTable, Profiler
+    from specrouter.router.similarity import Similarity
+
+    prof = Profiler({"d": CostTable([[0.3, 0.3, 0.3, 0.3, 0.3]], (1,)), "t": CostTable([[1.0] * 5], (1,))},
+                    prefill={"d": 0.001, "t": 0.002})
+    return AdaptiveRouter(("d", "t"), prof, Similarity({("d", "t"): 0.6}), [("d", "t"), ("t",)],
+                          explore=explore, probe_every=2)
+
+
+def test_greedy_equals_target_only_when_rows_switch_between_drafting_and_not():
+    params = SamplingParams(max_new_tokens=40)
+    ref = target_only(PROMPTS, params)
+    pool = {n: ModelLevel(m, n, 259, 512) for n, m in (("t", T), ("d", D))}
+    router = _switching_router(explore=0.5)
+    eng = SpeculativeEngine(pool, "t", router, frozenset([258]), max_seq_len=512, max_batch=4)
+    gens = eng.generate(PROMPTS, params)
+    assert [g.tokens for g in gens] == ref
+    used = set().union(*(g.stats.chains for g in gens))
+    assert used == {"d>t", "t"}  # both kinds of step happened
+
+
+def test_sampled_output_follows_target_when_rows_switch_between_drafting_and_not():
+    V = 8
+    t, d = models(vocab=V, noise=0.1, layers=1)
+    params = SamplingParams(temperature=1.0, max_new_tokens=3, ignore_eos=True)
+    prompt = [1, 2, 3, 1, 2, 3, 1, 2]
+    joint = _exact_joint(t, prompt, params).flatten()
+    pool = {n: ModelLevel(m, n, V, 64) for n, m in (("t", t), ("d", d))}
+    eng = SpeculativeEngine(pool, "t", _switching_router(explore=0.5), frozenset(), max_seq_len=64, max_batch=64)
+    n = 3000
+    gens = eng.generate([prompt] * n, [SamplingParams(**{**params.__dict__, "seed": i}) for i in range(n)])
+    outs = torch.tensor([g.tokens[0] * V + g.tokens[1] for g in gens])
+    assert sum(g.stats.accepted for g in gens) > n // 10
+    assert chi_square_pvalue(torch.bincount(outs, minlength=V * V), joint) > 1e-3
