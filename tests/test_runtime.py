@@ -96,3 +96,34 @@ def test_bf16_close_to_fp32():
     tok = torch.randint(0, 259, (1, 10), generator=torch.Generator().manual_seed(5))
     a, b = m32(tok, m32.new_cache(1, 32)), m16(tok, m16.new_cache(1, 32))
     assert (a.softmax(-1) - b.softmax(-1)).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("T,masked", [(1, False), (5, True)])
+def test_few_query_attention_equals_fused_kernel(T, masked):
+    """The CPU decode/verify path (two matmuls over grouped heads) against the fused kernel."""
+    import torch.nn.functional as F
+
+    from specrouter.model.transformer import few_query_attention
+
+    g = torch.Generator().manual_seed(3)
+    B, H, G, S, D = 3, 6, 2, 40, 16
+    q, k, v = (torch.randn(shape, generator=g) for shape in ((B, H, T, D), (B, G, S, D), (B, G, S, D)))
+    lengths = torch.tensor([S - T, 20, 7])  # ragged rows: each query sees its row's prefix + itself
+    pos = lengths[:, None] + torch.arange(T)[None]  # [B, T]
+    mask = (torch.arange(S)[None, None] <= pos[:, :, None])[:, None] if masked else None
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert (few_query_attention(q, k, v, mask) - ref).abs().max().item() <= 1e-5
+
+
+def test_long_and_short_passes_agree():
+    """A prefill longer than FEW_QUERIES (fused kernel) then short passes (matmul path) give the
+    logits of one pass over everything."""
+    from specrouter.model.transformer import FEW_QUERIES
+
+    _, m = build(tiny_config(layers=2))
+    n = FEW_QUERIES + 9
+    tok = torch.randint(0, 259, (1, n + 3), generator=torch.Generator().manual_seed(4))
+    whole = m(tok, m.new_cache(1, 64))
+    cache = m.new_cache(1, 64)
+    parts = torch.cat([m(tok[:, :n], cache), m(tok[:, n:n + 2], cache), m(tok[:, n + 2:], cache)], dim=1)
+    assert (parts - whole).abs().max().item() <= 1e-4
