@@ -96,15 +96,40 @@ def test_quantized_linear_matches_dequantized_reference(kind, dtype, n, k, group
     assert (x.float() @ w.float().T + b.float() - ref).abs().max() > 0
 
 
+@pytest.mark.parametrize("n,k", [(96, 256), (100, 96), (7, 40)])
+def test_w8a8_linear_within_the_activation_rounding_bound(n, k):
+    """w8a8 = int8 weights (the same per-channel math as int8) times activations rounded per pass:
+    against x @ W_hat.T + b, each output may move by at most half an activation step times the
+    row's |W_hat| sum; the activation step is the pass's range over 127 (7-bit, reduce_range)."""
+    g = torch.Generator().manual_seed(n * k)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    x = torch.randn(2, 3, k, generator=g)  # one pass: every row shares the activation scale
+    lin = make_linear(w, b, "w8a8")
+    assert isinstance(lin, Q.W8A8Linear) and lin.scales.dtype == torch.float32
+    w_hat = dequantize_int8(*quantize_int8(w))
+    ref = x @ w_hat.T + b  # [2, 3, N]
+    y = lin(x)
+    assert y.shape == (2, 3, n) and y.dtype == torch.float32
+    step = (x.max().clamp_min(0) - x.min().clamp_max(0)) / 127
+    bound = 0.5 * step * w_hat.abs().sum(1) * (1 + 1e-3) + 1e-4  # [N]
+    err = (y - ref).abs()
+    assert torch.all(err <= bound), float((err / bound).max())
+    assert err.max() > 0  # activations really are quantized
+    # bf16 models run it too (fp32 inside)
+    assert lin(x.bfloat16()).dtype == torch.bfloat16
+
+
 def test_scheme_strings_round_trip():
     assert QuantScheme.parse("int4") == QuantScheme("int4", 128, "int8")
     assert QuantScheme.parse("int4-g32-head=int4") == QuantScheme("int4", 32, "int4")
     assert QuantScheme.parse("int8") == QuantScheme("int8", 128, "int8")
     assert QuantScheme.parse("dense").is_dense and QuantScheme.parse(None).is_dense
-    for s in ["int4", "int4-g64", "int8-head=dense", "int4-head=int4", "dense", "int8-head=int4-g32"]:
+    assert QuantScheme.parse("w8a8") == QuantScheme("w8a8", 128, "w8a8")
+    for s in ["int4", "int4-g64", "int8-head=dense", "int4-head=int4", "dense", "int8-head=int4-g32",
+              "w8a8", "w8a8-head=dense", "int4-head=w8a8"]:
         sch = QuantScheme.parse(s)
         assert QuantScheme.parse(sch.short()) == sch == QuantScheme.parse(str(sch))
-    for bad in ["int3", "int4-g48", "int4-x", "int8-g32", "int4-head=fp8"]:
+    for bad in ["int3", "int4-g48", "int4-x", "int8-g32", "int4-head=fp8", "w8a8-g32"]:
         with pytest.raises(ValueError):
             QuantScheme.parse(bad)
 
@@ -122,11 +147,12 @@ def test_parse_level(tmp_path):
         parse_level("@int4")
 
 
-def test_cache_round_trip(tiny_dir, monkeypatch):
-    spec = f"{tiny_dir / 'target'}@int4"
+@pytest.mark.parametrize("scheme", ["int4", "w8a8"])
+def test_cache_round_trip(tiny_dir, monkeypatch, scheme):
+    spec = f"{tiny_dir / 'target'}@{scheme}"
     first = load_model(spec, dtype="bf16", progress=False)
-    assert first.name == "target@int4"
-    folder = cache_dir(first.folder, QuantScheme.parse("int4"), torch.bfloat16, torch.device("cpu"))
+    assert first.name == f"target@{scheme}"
+    folder = cache_dir(first.folder, QuantScheme.parse(scheme), torch.bfloat16, torch.device("cpu"))
     assert (folder / "READY").exists()
 
     def no_requantizing(*a, **k):
@@ -163,7 +189,8 @@ def test_quantized_model_close_to_dense(tiny_dir):
     assert tvd["int4"] < 0.5
 
 
-@pytest.mark.parametrize("chain", ["{t}@int4>{t}", "{t}@int8>{t}", "{d}@int4>{t}", "{t}@int4-g32-head=int4>{t}@int8"])
+@pytest.mark.parametrize("chain", ["{t}@int4>{t}", "{t}@int8>{t}", "{d}@int4>{t}", "{t}@int4-g32-head=int4>{t}@int8",
+                                   "{t}@w8a8>{t}", "{d}@w8a8>{t}@w8a8>{t}"])
 def test_quantized_levels_are_lossless(tiny_dir, chain):
     """Greedy output of a chain with quantized levels equals its last level alone."""
     from specrouter.api import SpecRouter
@@ -175,7 +202,7 @@ def test_quantized_levels_are_lossless(tiny_dir, chain):
     prompts = ["def fib(n):", "hello hello hello", "The quick brown fox"]
     ref = SpecRouter.from_chain(last, dtype="fp32", progress=False).generate(prompts, params)
     sr = SpecRouter.from_chain(chain, dtype="fp32", progress=False, spec_len="fixed:4")
-    assert len(sr.models) == 2  # the same folder in two precisions is two levels
+    assert len(sr.models) == chain.count(">") + 1  # the same folder in two precisions is two levels
     out = sr.generate(prompts, params)
     assert [o.tokens for o in out] == [r.tokens for r in ref]
     steps = sum(o.stats.steps for o in out)

@@ -80,12 +80,17 @@ def test_context_overflow_is_an_error():
 
 
 def test_packed_linear_matches_plain():
+    from specrouter.model.linear import can_pack
+
     g = torch.Generator().manual_seed(4)
+    assert can_pack(torch.float32) == torch.backends.mkldnn.is_available()
     for dtype in (torch.bfloat16, torch.float32):
         w = torch.randn(96, 64, generator=g).to(dtype)
         bias = torch.randn(96, generator=g).to(dtype)
         x = torch.randn(3, 5, 64, generator=g).to(dtype)
         fast, ref = DenseLinear(w, bias, pack=True), DenseLinear(w, bias, pack=False)
+        # where this CPU cannot pack the dtype (bf16 on AVX2-only CPUs) the layer falls back to plain
+        assert fast.packed == can_pack(dtype) and not ref.packed
         tol = 0 if dtype == torch.bfloat16 else 1e-4
         assert (fast(x).float() - ref(x).float()).abs().max() <= tol + 1e-2 * (dtype == torch.bfloat16)
 
