@@ -17,9 +17,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+import torch
+
 from .drafters.model_level import ModelLevel
 from .engine import Generation, SpeculativeEngine
-from .model.loader import LoadedModel, check_same_vocab, load_model
+from .model.loader import LoadedModel, check_same_vocab, load_model, parse_dtype
 from .model.registry import home
 from .router.adaptive import AdaptiveRouter
 from .router.fixed import FixedRouter
@@ -31,7 +33,22 @@ from .speculate import NGRAM
 from .tokenizer import Tokenizer
 
 
-DEFAULT_POOL = "ngram>0.5b@int4>1.5b"
+# The pool ``--chain auto`` routes over when none is given depends on which low-bit kernel this
+# machine runs fast (``default_pool``). Measured on each kind (README "Measured"):
+# * native bf16 (AVX512-BF16/AMX CPUs, CUDA): bf16 target, int4 0.5B draft (the int4pack kernel is
+#   2-2.6x faster than prepacked bf16 there);
+# * AVX2-only CPUs (fp32 target): the int4/int8 pack kernels are slower than dense fp32 there, fbgemm's
+#   w8a8 is 5-6x faster, so the drafts are w8a8 copies of the 0.5B and of the target itself.
+DEFAULT_POOL = "ngram>0.5b@int4>1.5b"  # native bf16
+DEFAULT_POOL_FP32 = "ngram>0.5b@w8a8>1.5b@w8a8>1.5b"  # AVX2-only CPUs
+
+
+def default_pool(device: str = "cpu", dtype: str | torch.dtype = "auto") -> str:
+    """``DEFAULT_POOL`` where the target computes in bf16 (or on a GPU: w8a8 is a CPU kernel),
+    else ``DEFAULT_POOL_FP32``."""
+    if str(device).startswith("cuda") or parse_dtype(dtype) == torch.bfloat16:
+        return DEFAULT_POOL
+    return DEFAULT_POOL_FP32
 
 
 def parse_chain(chain: str) -> list[str]:
@@ -136,7 +153,7 @@ class SpecRouter:
         A level may name its precision (``1.5b@int4>1.5b``: the same model twice, two levels);
         ``quant`` is the precision of levels that do not."""
         if chain == "auto":
-            levels = parse_chain(pool or DEFAULT_POOL)
+            levels = parse_chain(pool or default_pool(device, dtype))
             kw["auto"] = True
         else:
             levels = parse_chain(chain)

@@ -9,7 +9,10 @@ import sys
 import time
 
 DEFAULT_CHAIN = "auto"
-DEFAULT_POOL = "ngram>0.5b@int4>1.5b"
+DEFAULT_POOL = "ngram>0.5b@int4>1.5b"  # copies of api's, so that --help does not import torch
+DEFAULT_POOL_FP32 = "ngram>0.5b@w8a8>1.5b@w8a8>1.5b"
+POOL_HELP = (f"levels the 'auto' router chooses from (default: {DEFAULT_POOL} where the target runs in bf16, "
+             f"{DEFAULT_POOL_FP32} on CPUs without native bf16)")
 QUANT_HELP = ("default precision of chain levels without an @suffix: dense, int8, int4, int4-g32, "
               "[-head=dense|int8|int4] (per level: 1.5b@int4>1.5b)")
 
@@ -78,11 +81,12 @@ def cmd_generate(a) -> int:
 def cmd_bench(a) -> int:
     import torch
 
-    from .api import SpecRouter, parse_chain
+    from .api import SpecRouter, default_pool, parse_chain
     from .bench.spec_bench import HFAssisted, load_prompts, print_report, run_bench, summarize
     from .model.loader import load_model, parse_dtype
 
     _threads(a.threads)
+    a.pool = a.pool or default_pool("cpu", a.dtype)
     prompts = load_prompts(a.prompts, a.categories.split(",") if a.categories else None, a.per_category)
     from .tasks.cli import bench_prompts, task_router_kwargs
 
@@ -285,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--pool", default=DEFAULT_POOL, help="levels the 'auto' router chooses from")
+    g.add_argument("--pool", default=None, help=POOL_HELP)
     g.add_argument("--spec-len", default=None,
                    help="top draft length policy: fixed:K, heuristic (default for a fixed chain); "
                         "under --chain auto the router's cost model decides unless this is given")
@@ -308,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=1)
     b.add_argument("--chains", "--chain", default=DEFAULT_CHAIN,
                    help="comma-separated chains with the same target; 'auto' = adaptive router over --pool")
-    b.add_argument("--pool", default=DEFAULT_POOL, help="levels the 'auto' router chooses from")
+    b.add_argument("--pool", default=None, help=POOL_HELP)
     b.add_argument("--spec-len", default="auto",
                    help="comma-separated length policies: fixed:K, heuristic, entropy, dsde, costmodel; "
                         "'auto' = heuristic for fixed chains, the router's cost model for 'auto'; a '+nocap' "
@@ -362,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting for a row before new ones get HTTP 429 (default %(default)s)")
     s.add_argument("--max-seq-len", type=int, default=4096, help="context per row, prompt + output")
-    s.add_argument("--pool", default=DEFAULT_POOL, help="levels the 'auto' router chooses from")
+    s.add_argument("--pool", default=None, help=POOL_HELP)
     s.add_argument("--quant", default="dense", help=QUANT_HELP)
     s.add_argument("--spec-len", default=None, help="fixed:K or heuristic (default: the chain's own policy)")
     s.add_argument("--no-batch-cap", action="store_true",

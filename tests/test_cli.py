@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from specrouter.cli import main
 
 
@@ -75,3 +77,10 @@ def test_cli_and_api_agree_on_the_default_pool():
     from specrouter import api, cli
 
     assert cli.DEFAULT_POOL == api.DEFAULT_POOL  # cli keeps its own copy so --help does not import torch
+    assert cli.DEFAULT_POOL_FP32 == api.DEFAULT_POOL_FP32
+    # the pool follows the target's compute dtype: w8a8 is a CPU kernel for fp32 activations
+    assert api.default_pool("cpu", "fp32") == api.DEFAULT_POOL_FP32
+    assert api.default_pool("cpu", "bf16") == api.DEFAULT_POOL
+    assert api.default_pool("cuda", "fp32") == api.DEFAULT_POOL
+    assert api.default_pool("cpu", "auto") == (api.DEFAULT_POOL if api.parse_dtype("auto") == torch.bfloat16
+                                                else api.DEFAULT_POOL_FP32)

@@ -386,7 +386,8 @@ class W8A8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _flat(x, self.in_features).float()  # [M, K]
         # reduce_range: 7-bit activations, as torch's fbgemm dynamic linear does (AVX2 without VNNI
-        # accumulates int8 x int8 pairs in int16, which full-range activations can overflow)
+        # accumulates u8 x s8 pairs in int16, which full-range activations overflow: measured on the
+        # 0.5B, teacher-forced argmax agreement with the dense model 0.505 with it, 0.043 without)
         y = torch.ops.quantized.linear_dynamic(x2, self._packed, True)  # [M, N]
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
