@@ -189,7 +189,24 @@ def _flat(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(-1, k).contiguous()
 
 
-class Int8Linear(nn.Module):
+class _PerChannelInt8(nn.Module):
+    """What int8 and w8a8 layers share: buffers ``qweight`` [N, K] int8, ``scales`` [N], ``bias``,
+    and the disk cache's (tensors, meta) form of them."""
+
+    kind: str
+
+    def packed_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        t = {"qweight": self.qweight, "scales": self.scales}
+        if self.bias is not None:
+            t["bias"] = self.bias
+        return t, {"kind": self.kind}
+
+    @classmethod
+    def from_packed(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "_PerChannelInt8":
+        return cls(tensors["qweight"], tensors["scales"], tensors.get("bias"))
+
+
+class Int8Linear(_PerChannelInt8):
     """y = (x @ q.T) * s + b with q int8 [N, K] per-channel, s [N] in the activation dtype."""
 
     kind = "int8"
@@ -210,16 +227,6 @@ class Int8Linear(nn.Module):
         """weight: [N, K] in the compute dtype (scales are stored in it too)."""
         q, s = quantize_int8(weight, scale_dtype=weight.dtype)
         return cls(q, s, bias)
-
-    def packed_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        t = {"qweight": self.qweight, "scales": self.scales}
-        if self.bias is not None:
-            t["bias"] = self.bias
-        return t, {"kind": self.kind}
-
-    @classmethod
-    def from_packed(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "Int8Linear":
-        return cls(tensors["qweight"], tensors["scales"], tensors.get("bias"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _flat(x, self.in_features)  # [M, K]
@@ -340,7 +347,7 @@ def _probe_int8_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     return _INT8_KERNEL_OK[key]
 
 
-class W8A8Linear(nn.Module):
+class W8A8Linear(_PerChannelInt8):
     """y = dynquant(x) @ q.T * s + b on fbgemm: q int8 [N, K] per channel (``quantize_int8``), the
     activations quantized per pass inside the kernel; fp32 in and out (other activation dtypes
     are converted). CPU only. The packed fbgemm object is not a tensor, so ``packed_state`` keeps
@@ -372,16 +379,6 @@ class W8A8Linear(nn.Module):
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "W8A8Linear":
         q, s = quantize_int8(weight, scale_dtype=torch.float32)
         return cls(q, s, bias)
-
-    def packed_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        t = {"qweight": self.qweight, "scales": self.scales}
-        if self.bias is not None:
-            t["bias"] = self.bias
-        return t, {"kind": self.kind}
-
-    @classmethod
-    def from_packed(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "W8A8Linear":
-        return cls(tensors["qweight"], tensors["scales"], tensors.get("bias"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _flat(x, self.in_features).float()  # [M, K]
