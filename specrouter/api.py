@@ -37,8 +37,8 @@ from .tokenizer import Tokenizer
 # machine runs fast (``default_pool``). Measured on each kind (README "Measured"):
 # * native bf16 (AVX512-BF16/AMX CPUs, CUDA): bf16 target, int4 0.5B draft (the int4pack kernel is
 #   2-2.6x faster than prepacked bf16 there);
-# * AVX2-only CPUs (fp32 target): the int4/int8 pack kernels are slower than dense fp32 there, fbgemm's
-#   w8a8 is 5-6x faster, so the drafts are w8a8 copies of the 0.5B and of the target itself.
+# * AVX2-only CPUs (fp32 target): the int4/int8 pack kernels are 2-6x slower than dense fp32 there,
+#   fbgemm's w8a8 is 2.6x faster per token, so the drafts are w8a8 copies of the 0.5B and the target.
 DEFAULT_POOL = "ngram>0.5b@int4>1.5b"  # native bf16
 DEFAULT_POOL_FP32 = "ngram>0.5b@w8a8>1.5b@w8a8>1.5b"  # AVX2-only CPUs
 

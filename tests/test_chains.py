@@ -71,3 +71,26 @@ def test_sampling_with_three_levels_follows_target(chain):
     outs = torch.tensor([g.tokens[0] * V + g.tokens[1] for g in gens])
     assert sum(g.stats.accepted for g in gens) > n // 10
     assert chi_square_pvalue(torch.bincount(outs, minlength=V * V), joint) > 1e-3
+
+
+def test_sampling_with_w8a8_levels_follows_target():
+    """w8a8 copies as drafts (activation scales shared across the batch, so q depends on the
+    neighbours): rejection sampling against the q each row actually drew from keeps the target's
+    distribution, here with a w8a8 copy of the target below it and a w8a8 poor draft below that."""
+    V = 8
+    cfg = tiny_config(vocab=V, layers=1)
+    hf = tiny_hf_model(cfg, 0)
+    args = ModelArgs.from_hf_config(cfg.to_dict())
+    t = Transformer(args, hf.state_dict(), dtype=torch.float32)
+    tq = Transformer(args, hf.state_dict(), dtype=torch.float32, quant="w8a8")
+    dq = Transformer(args, perturbed(hf, 0.2, 3).state_dict(), dtype=torch.float32, quant="w8a8")
+    params = SamplingParams(temperature=1.0, max_new_tokens=3, ignore_eos=True)
+    prompt = [1, 2, 3, 1, 2, 3, 1, 2]
+    joint = _exact_joint(t, prompt, params).flatten()
+    eng = make_engine(["d", "tq", "t"], FixedLength(2), eos=frozenset(), max_batch=64,
+                      mods={"t": t, "tq": tq, "d": dq}, vocab=V, max_seq_len=64)
+    n = 3000
+    gens = eng.generate([prompt] * n, [SamplingParams(**{**params.__dict__, "seed": i}) for i in range(n)])
+    outs = torch.tensor([g.tokens[0] * V + g.tokens[1] for g in gens])
+    assert sum(g.stats.accepted for g in gens) > n // 10
+    assert chi_square_pvalue(torch.bincount(outs, minlength=V * V), joint) > 1e-3

@@ -17,9 +17,10 @@ Schemes (activations stay in the model dtype; only weights are stored in fewer b
   int8 on the fly per pass (one scale per activation matrix): fbgemm's ``quantized.linear_dynamic``.
   Not weight-only, so it drifts more from the dense model than int8; it exists because it is the
   one fast low-bit kernel on AVX2-only CPUs, where the int8/int4 pack kernels above are slower than
-  dense fp32 (measured on a 2-core AMD EPYC, AVX2, 8960x1536 at one row: dense fp32 3.0 ms, w8a8
-  0.50 ms, int4 with bf16 activations 1.15 ms, int8 with fp32 activations 16.5 ms; at nine rows
-  w8a8 1.08 ms). A draft drafts and the chain's last level verifies, so the drift costs acceptance,
+  dense fp32 (measured on a 2-core AMD EPYC, AVX2: one 8960x1536 layer at one row, dense fp32
+  3.0 ms, w8a8 0.50 ms, int4 with bf16 activations 1.15 ms, at nine rows w8a8 1.08 ms —
+  results/linear-kernels-check.log; the whole 1.5B per token, dense fp32 0.252 s, w8a8 0.097 s,
+  int8 0.825 s, int4 1.514 s — results/runtime-avx2-fp32-quant.log). A draft drafts and the chain's last level verifies, so the drift costs acceptance,
   never losslessness. The activation scale covers the whole pass, so a row's draft can depend on the
   rows batched with it: greedy output is unaffected (it is the last level's), a seeded sampled
   request may differ between batch compositions.
