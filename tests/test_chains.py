@@ -74,9 +74,9 @@ def test_sampling_with_three_levels_follows_target(chain):
 
 
 def test_sampling_with_w8a8_levels_follows_target():
-    """w8a8 copies as drafts (activation scales shared across the batch, so q depends on the
-    neighbours): rejection sampling against the q each row actually drew from keeps the target's
-    distribution, here with a w8a8 copy of the target below it and a w8a8 poor draft below that."""
+    """w8a8 copies as drafts (activations rounded to 7 bits per row, so q is far from p's copy):
+    rejection sampling against the q each row actually drew from keeps the target's distribution,
+    here with a w8a8 copy of the target below it and a w8a8 poor draft below that."""
     V = 8
     cfg = tiny_config(vocab=V, layers=1)
     hf = tiny_hf_model(cfg, 0)

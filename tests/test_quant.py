@@ -98,23 +98,34 @@ def test_quantized_linear_matches_dequantized_reference(kind, dtype, n, k, group
 
 @pytest.mark.parametrize("n,k", [(96, 256), (100, 96), (7, 40)])
 def test_w8a8_linear_within_the_activation_rounding_bound(n, k):
-    """w8a8 = int8 weights (the same per-channel math as int8) times activations rounded per pass:
-    against x @ W_hat.T + b, each output may move by at most half an activation step times the
-    row's |W_hat| sum; the activation step is the pass's range over 127 (7-bit, reduce_range)."""
+    """w8a8 = int8 weights (the same per-channel math as int8) times activations rounded per row:
+    against x @ W_hat.T + b, output (m, n) may move by at most half of row m's activation step times
+    row n's |W_hat| sum; the step is row m's own range over 127 (7-bit, reduce_range), however
+    different the other rows' ranges are."""
     g = torch.Generator().manual_seed(n * k)
     w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-    x = torch.randn(2, 3, k, generator=g)  # one pass: every row shares the activation scale
+    x = torch.randn(2, 3, k, generator=g) * torch.tensor([1.0, 50.0, 0.01])[:, None]  # rows of very different ranges
+    x[1, 2] += 3.0  # and one off-centre row
     lin = make_linear(w, b, "w8a8")
     assert isinstance(lin, Q.W8A8Linear) and lin.scales.dtype == torch.float32
     w_hat = dequantize_int8(*quantize_int8(w))
     ref = x @ w_hat.T + b  # [2, 3, N]
     y = lin(x)
     assert y.shape == (2, 3, n) and y.dtype == torch.float32
-    step = (x.max().clamp_min(0) - x.min().clamp_max(0)) / 127
-    bound = 0.5 * step * w_hat.abs().sum(1) * (1 + 1e-3) + 1e-4  # [N]
+    step = (x.amax(-1, keepdim=True) - x.amin(-1, keepdim=True)) / 127  # [2, 3, 1]: per row
+    # plus fp32 rounding of the affine map and its inverse, relative to the row's offset
+    bound = 0.5 * step * w_hat.abs().sum(1) * (1 + 1e-3) + 1e-5 * (x.abs().amax(-1, keepdim=True) * w_hat.abs().sum(1) + 1)
     err = (y - ref).abs()
     assert torch.all(err <= bound), float((err / bound).max())
     assert err.max() > 0  # activations really are quantized
+    # a per-call range would have coarsened the 0.01-scale rows past that bound
+    coarse = 0.5 * (x.max() - x.min()) / 127 * w_hat.abs().sum(1)
+    assert torch.all(bound[:, 2] < coarse / 100)
+    # each row is rounded on its own grid, alone or batched with rows 5000x larger
+    assert torch.allclose(lin(x[0, 2:3]), y[0, 2:3], rtol=0, atol=float(bound[0, 2].max()))
+    # a constant row is exact up to fp32 rounding (nothing left to round)
+    c = torch.full((1, k), 0.7)
+    assert torch.allclose(lin(c), c @ w_hat.T + b, rtol=1e-5, atol=1e-5)
     # bf16 models run it too (fp32 inside)
     assert lin(x.bfloat16()).dtype == torch.bfloat16
 
