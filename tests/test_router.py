@@ -123,6 +123,44 @@ def test_router_probes_a_drafting_chain_when_the_target_has_decoded_alone_for_a_
     assert chains[-10:] == [2] * 10, chains
 
 
+def _rounds(sink, slot, lower, upper, n, k, acc):
+    from specrouter.speculate import PairFeedback
+    for _ in range(n):
+        sink(PairFeedback(slot, lower, upper, k, acc, tvd=[0.0] * k))
+
+
+def test_a_row_transfers_acceptance_through_a_third_level():
+    """alpha(d, t) for a row that only verified d > m > t: the product of its two hops; other rows
+    keep the prior; direct evidence wins once present."""
+    from specrouter.router.similarity import Similarity
+
+    sim = Similarity({("d", "t"): 0.3, ("d", "m"): 0.3, ("m", "t"): 0.3})
+    sim.add_row(0)
+    sim.add_row(1)
+    _rounds(sim.observe, 0, "d", "m", 10, 4, 3)  # 3 of 4 accepted, then a rejection: alpha = 3 / 4
+    _rounds(sim.observe, 0, "m", "t", 10, 10, 9)  # alpha = 9 / 10
+    assert sim.alpha("d", "m", 0) == pytest.approx(0.75) and sim.alpha("m", "t", 0) == pytest.approx(0.9)
+    assert sim.alpha("d", "t", 0) == pytest.approx(0.75 * 0.9)
+    assert sim.alpha("d", "t", 1) == pytest.approx(0.3)  # row 1 saw nothing: the prior
+    _rounds(sim.observe, 0, "d", "t", 10, 4, 1)  # direct evidence on the pair itself: alpha = 1 / 2
+    assert sim.alpha("d", "t", 0) == pytest.approx(0.5)
+
+
+def test_router_tries_the_direct_pair_that_the_three_level_chain_implies():
+    """A row that drafted d > m > t at high acceptance switches to d > t (m costs 0.8 of the target)
+    on the transferred estimate, though the prior says d and t rarely agree."""
+    from specrouter.router.adaptive import AdaptiveRouter
+    from specrouter.router.similarity import Similarity
+
+    sim = Similarity({("d", "t"): 0.2, ("d", "m"): 0.95, ("m", "t"): 0.97})
+    router = AdaptiveRouter(("d", "m", "t"), _Costs({"d": 0.05, "m": 0.8, "t": 1.0}), sim, explore=0.0)
+    router.add_row(0)
+    assert router.plan(0).chain == ("d", "m", "t")
+    _rounds(router.observe, 0, "d", "m", 8, 6, 5)
+    _rounds(router.observe, 0, "m", "t", 8, 30, 29)
+    assert router.plan(0).chain == ("d", "t")
+
+
 def test_router_weighs_the_catch_up_of_a_level_that_has_not_seen_the_prompt():
     """A cheap, faithful draft wins on a short prompt; on a 2,000-token prompt with a short budget its
     prefill outweighs the savings and the target decodes alone; once caught up it drafts again."""

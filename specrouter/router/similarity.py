@@ -9,6 +9,18 @@ Both decay exponentially (recent text matters more). ``alpha`` prefers the reali
 it rests on enough evidence, then the row's own estimate over the global one. For the n-gram level
 it also tracks the match rate (rounds in which a proposal existed).
 
+Transfer within a row: a row that has used ``a > m > t`` knows (a, m) and (m, t) but not (a, t).
+Acceptance is 1 - TVD (greedy: P(argmax agree), the same with one-hot distributions), and TVD is a
+metric, so for any third level m
+
+    alpha(a, m) + alpha(m, t) - 1  <=  alpha(a, t)  <=  1 - |alpha(a, m) - alpha(m, t)|.
+
+Where the row lacks evidence on a pair but has it on both hops through some m, ``alpha`` returns
+alpha(a, m) * alpha(m, t) (independent disagreements; it always lies within those bounds) instead
+of the global estimate, through the m whose bounds are tightest: a math request that found the 0.5B accepted at 0.95 by the w8a8 1.5B, itself
+accepted at 0.97 by the 1.5B, learns that the 0.5B alone is worth trying as the 1.5B's draft. The
+n-gram level is left out (its alpha is a precision given a match, not a distance).
+
 Bootstrap: ``prior_from_text`` scores one calibration text with every model (teacher-forced) and
 measures greedy agreement per pair, and the n-gram level's match rate and precision on it.
 """
@@ -101,8 +113,32 @@ class Similarity:
         return self.glob.get(pair)
 
     def alpha(self, lower: str, upper: str, slot: int | None = None) -> float:
+        row = self.rows[slot] if slot is not None and slot < len(self.rows) else None
+        if row is not None and NGRAM not in (lower, upper) and not self._known(row, lower, upper):
+            via = self._through_third(row, lower, upper)
+            if via is not None:
+                return via
         est = self._est(lower, upper, slot)
         return est.alpha(self.min_evidence) if est else self.prior.get((lower, upper), 0.5)
+
+    def _known(self, row: dict, a: str, b: str) -> bool:
+        """Whether the row has realized evidence on the pair, in either orientation."""
+        return any(p in row and row[p].evidence >= self.min_evidence for p in ((a, b), (b, a)))
+
+    def _row_alpha(self, row: dict, a: str, b: str) -> float:
+        p = (a, b) if (a, b) in row and row[(a, b)].evidence >= self.min_evidence else (b, a)
+        return row[p].alpha(self.min_evidence)
+
+    def _through_third(self, row: dict, a: str, b: str) -> float | None:
+        """The transfer estimate of alpha(a, b) through the third level with the tightest bounds."""
+        best = None
+        for m in sorted({x for pair in row for x in pair} - {a, b, NGRAM}):
+            if self._known(row, a, m) and self._known(row, m, b):
+                a1, a2 = self._row_alpha(row, a, m), self._row_alpha(row, m, b)
+                width = (1 - abs(a1 - a2)) - max(0.0, a1 + a2 - 1)
+                if best is None or width < best[0]:
+                    best = (width, a1 * a2)
+        return None if best is None else best[1]
 
     def match_rate(self, upper: str, slot: int | None = None) -> float:
         est = self._est(NGRAM, upper, slot)
