@@ -18,10 +18,15 @@ gives s -> 0. The next length is
 
     k = k_lo + round((k_hi - k_lo) * s)
 
-Warm-up: the first ``warmup`` verifications of a request draft ``initial`` tokens and record how
-many were accepted; then the request's bounds are k_lo = min_len and
-k_hi = clip(max accepted during warm-up + 2, min_len, max_len). Afterwards k_hi grows by one
-whenever a draft of length k_hi is accepted whole (the request is easier than warm-up showed).
+Warm-up: the first ``warmup`` verifications of a request draft k_0 tokens and record how many
+were accepted; then the request's bounds are k_lo = min_len and
+k_hi = clip(max accepted during warm-up + 2, min_len, max_len). k_0 is ``initial`` for the first
+request a policy sees, afterwards the running mean (weight 0.3 on the newest) of the k_hi that
+finished requests ended with: a server learns what its drafts sustain, and a request does not spend
+its warm-up at k = 4 when the pair sustains 10 (measured on AVX2 with a w8a8 copy of the target,
+~0.96 per-token acceptance, fixed:8 beat a warm-up from 4 by 4 %). Afterwards k_hi grows by one
+whenever a request accepts a whole draft of the length this rule proposed (the request is easier
+than warm-up showed), so a moderately stable region (s < 1, k < k_hi) can still raise it.
 Rows drafted by the n-gram level have no KL (q is one-hot); their signal is TVD = 1 - p(x).
 """
 
@@ -69,20 +74,33 @@ class DSDELength:
         self.min_len, self.max_len, self.initial, self.warmup = min_len, max_len, initial, warmup
         self.history, self.window, self.rho, self.kappa = history, window, rho, kappa
         self.rows: list[dict] = []
+        self.learned_hi: float | None = None  # running mean of finished requests' k_hi
+
+    def start_length(self) -> int:
+        """k_0, the warm-up length of the next request."""
+        if self.learned_hi is None:
+            return self.initial
+        return min(self.max_len, max(self.min_len, round(self.learned_hi)))
 
     def add_row(self, row: int) -> None:
         assert row == len(self.rows), "rows are added at the end"
+        k0 = self.start_length()
         self.rows.append({"kl": deque(maxlen=self.history), "seen": 0, "acc": [], "hi": self.max_len,
-                          "k": self.initial})
+                          "k0": k0, "k": k0})
 
     def remove_row(self, row: int, last: int) -> None:
+        done = self.rows[row]
+        if done["seen"] >= self.warmup:  # a finished request teaches the next one's warm-up length
+            hi = float(done["hi"])
+            self.learned_hi = hi if self.learned_hi is None else 0.7 * self.learned_hi + 0.3 * hi
         self.rows[row] = self.rows[last]
         self.rows.pop()
 
     def propose(self, row: int) -> int:
         st = self.rows[row]
         if st["seen"] < self.warmup:
-            return self.initial
+            st["k"] = st["k0"]
+            return st["k"]
         s = stability(list(st["kl"]), self.rho, self.window, self.kappa)
         st["k"] = length_from_stability(s, self.min_len, st["hi"])
         return st["k"]
@@ -95,5 +113,5 @@ class DSDELength:
             st["acc"].append(fb.n_accepted)
             if st["seen"] == self.warmup:
                 st["hi"] = min(self.max_len, max(self.min_len, max(st["acc"]) + 2))
-        elif fb.n_drafted and fb.n_accepted == fb.n_drafted and fb.n_drafted >= st["hi"]:
+        elif fb.n_drafted and fb.n_accepted == fb.n_drafted and fb.n_drafted >= st["k"]:
             st["hi"] = min(self.max_len, st["hi"] + 1)

@@ -62,6 +62,47 @@ def test_dsde_learns_a_higher_bound_when_whole_drafts_keep_passing():
     assert pol.rows[0]["hi"] > 3
 
 
+def test_dsde_raises_its_bound_in_a_moderately_stable_region():
+    """KL ~0.2 (s ~ 0.67) proposes below k_hi; whole drafts of the proposed length still raise it."""
+    pol = DSDELength(min_len=1, max_len=12, initial=4, warmup=3)
+    pol.add_row(0)
+    for _ in range(3):
+        pol.observe(0, fb([0.2] * 4, 4, 4))
+    assert pol.rows[0]["hi"] == 6
+    ks = []
+    for _ in range(6):
+        k = pol.propose(0)
+        ks.append(k)
+        pol.observe(0, fb([0.2] * k, k, k))
+    assert ks[0] < 6 and pol.rows[0]["hi"] == 12 and ks[-1] > ks[0], ks
+    pol.observe(0, fb([0.2] * 3, 3, 3))  # a capped (shorter than proposed) draft teaches nothing
+    assert pol.rows[0]["hi"] == 12
+
+
+def test_dsde_warm_up_length_follows_what_finished_requests_sustained():
+    pol = DSDELength(min_len=1, max_len=12, initial=4, warmup=3)
+    pol.add_row(0)
+    assert pol.propose(0) == 4  # nothing learned yet
+    for _ in range(3):
+        pol.observe(0, fb([0.01] * 4, 4, 4))
+    for _ in range(8):
+        k = pol.propose(0)
+        pol.observe(0, fb([0.01] * k, k, k))
+    assert pol.rows[0]["hi"] == 12
+    pol.add_row(1)  # joins while row 0 runs: still nothing finished
+    assert pol.propose(1) == 4
+    pol.remove_row(0, 1)  # row 0 finishes, row 1 moves into slot 0
+    pol.add_row(1)
+    assert pol.propose(1) == 12  # the easy request's bound
+    for _ in range(3):  # a hard request: nothing accepted -> k_hi = 2
+        pol.observe(1, fb([3.0] * 12, 12, 0))
+    pol.remove_row(1, 1)
+    pol.add_row(1)
+    assert pol.propose(1) == round(0.7 * 12 + 0.3 * 2)
+    pol.remove_row(1, 1)  # a request that leaves during warm-up teaches nothing
+    assert pol.learned_hi == pytest.approx(0.7 * 12 + 0.3 * 2)
+
+
 def test_heuristic_and_parse():
     h = HeuristicLength(4, 1, 10)
     h.add_row(0)
