@@ -6,7 +6,7 @@ Run: python results/w8a8-rows-check.py 0.5b 1.5b > results/w8a8-rows-check.log
 """
 import json, sys, torch
 torch.set_num_threads(2)
-from specrouter.model import quant as Q
+from specrouter.model import w8a8 as Q
 from specrouter.model.loader import load_model
 rows = [json.loads(l) for l in open("../shared/bench/spec_bench_question.jsonl")]
 cats = ["writing", "roleplay", "translation", "qa", "math", "coding"]

@@ -12,6 +12,7 @@ from specrouter.model.loader import load_model, parse_level
 from specrouter.model.quant import (Int4Linear, Int8Linear, QuantScheme, dequantize_int4, dequantize_int8,
                                     quantize_int4, quantize_int8)
 from specrouter.model.quant_cache import cache_dir, quantized_linears
+from specrouter.model.w8a8 import W8A8Linear
 
 
 def weights(n, k, seed=0):
@@ -107,7 +108,7 @@ def test_w8a8_linear_within_the_activation_rounding_bound(n, k):
     x = torch.randn(2, 3, k, generator=g) * torch.tensor([1.0, 50.0, 0.01])[:, None]  # rows of very different ranges
     x[1, 2] += 3.0  # and one off-centre row
     lin = make_linear(w, b, "w8a8")
-    assert isinstance(lin, Q.W8A8Linear) and lin.scales.dtype == torch.float32
+    assert isinstance(lin, W8A8Linear) and lin.scales.dtype == torch.float32
     w_hat = dequantize_int8(*quantize_int8(w))
     ref = x @ w_hat.T + b  # [2, 3, N]
     y = lin(x)

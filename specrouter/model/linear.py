@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quant import Int4Linear, Int8Linear, W8A8Linear
+from .quant import Int4Linear, Int8Linear
+from .w8a8 import W8A8Linear
 
 
 _PACKABLE: dict[torch.dtype, bool] = {}

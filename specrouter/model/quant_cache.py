@@ -29,11 +29,23 @@ from pathlib import Path
 import torch
 
 from .args import ModelArgs
-from .quant import PACKED_LINEARS, QuantScheme, linear_from_packed
+from .quant import Int4Linear, Int8Linear, QuantScheme
 from .registry import home
 from .transformer import Transformer, linear_slots
+from .w8a8 import W8A8Linear
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
+PACKED_LINEARS: dict[str, type[torch.nn.Module]] = {"int8": Int8Linear, "int4": Int4Linear, "w8a8": W8A8Linear}
+
+
+def linear_from_packed(tensors: dict[str, torch.Tensor], meta: dict) -> torch.nn.Module:
+    """Rebuild a quantized linear from ``packed_state()`` output (the disk cache's unit)."""
+    try:
+        cls = PACKED_LINEARS[meta["kind"]]
+    except KeyError:
+        raise ValueError(f"unknown packed linear kind {meta.get('kind')!r}") from None
+    return cls.from_packed(tensors, meta)
+
 
 
 def cache_dir(folder: Path, scheme: QuantScheme, dtype: torch.dtype, device: torch.device) -> Path:
