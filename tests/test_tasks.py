@@ -15,7 +15,7 @@ from specrouter.bench.spec_bench import BenchPrompt
 from specrouter.cli import main
 from specrouter.model.loader import load_model
 from specrouter.sampling import SamplingParams
-from specrouter.tasks.align import load_adapters
+from specrouter.tasks.align import load_adapters, sample_prompts
 from specrouter.tasks.artifact import TaskArtifact, arrays_path
 from specrouter.tasks.classifier import TaskClassifier, features, standardizer
 from specrouter.tasks.distill import coarse_kl
@@ -23,7 +23,7 @@ from specrouter.tasks.fit import FitConfig, fit_tasks, purity, split_by_category
 from specrouter.tasks.kmeans import choose_k, kmeans, silhouette
 from specrouter.tasks.lora import Adapter, LoRALinear, adapted, lora_parameters
 from specrouter.tasks.pool import TaskSpecRouter
-from specrouter.tasks.trainfwd import train_logits, trainable_base
+from specrouter.tasks.trainfwd import hidden_before, train_logits, trainable_base
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -151,6 +151,11 @@ def test_hidden_states_and_training_forward_match_the_runtime(tiny_dir):
     base = trainable_base(lm.folder)
     torch.testing.assert_close(train_logits(base, ids), logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(train_logits(base, ids, [0, 5, 9]), logits[[0, 5, 9]], atol=1e-4, rtol=1e-4)
+    # the blocks above a kept residual stream give the same logits as the whole pass
+    for start in range(len(base.blocks) + 1):
+        h = hidden_before(base, ids, start)
+        torch.testing.assert_close(train_logits(base, ids, [0, 5, 9], start, h), logits[[0, 5, 9]],
+                                   atol=1e-4, rtol=1e-4)
     # gradients reach the adapter through the frozen base
     model = adapted(base, Adapter.init(m.args, rank=4, seed=1), trainable=True)
     train_logits(model, ids).logsumexp(-1).sum().backward()
@@ -270,6 +275,52 @@ def test_align_resume_continues_where_it_stopped(task_env, tmp_path):
         torch.testing.assert_close(b[int(t)].weights[s][0], A)
         torch.testing.assert_close(b[int(t)].weights[s][1], B)
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["tasks"][t]["steps"] == 4
+
+
+def test_align_of_the_last_blocks_trains_only_them_on_kept_hidden_states(task_env, tmp_path):
+    t = task_env["trained"][0]
+
+    def run(out: str, steps: int, layers: int, period: int) -> dict:
+        assert main(["align", "--tasks", str(task_env["root"] / "tasks.json"), "--draft", str(task_env["draft"]),
+                     "--target", str(task_env["target"]), "--clusters", str(t), "--steps", str(steps), "--lr", "3e-3",
+                     "--rank", "8", "--alpha", "16", "--max-new-tokens", "32", "--eval-every", str(period),
+                     "--ckpt-every", str(period), "--layers", str(layers), "--train-prompts", "6",
+                     "--heldout-prompts", "3", "--dtype", "fp32", "--threads", "1", "--out", str(tmp_path / out)]) == 0
+        manifest, adapters = load_adapters(tmp_path / out)
+        return {"entry": manifest["tasks"][str(t)], "adapter": adapters[t]}
+
+    last = run("last1", 30, 1, 30)
+    n_layers = load_model(str(task_env["draft"]), dtype="fp32", progress=False).model.args.n_layers
+    assert n_layers > 1 and {s.split(".")[1] for s in last["adapter"].weights} == {str(n_layers - 1)}
+    e = last["entry"]
+    assert 0 < e["train_sequences"] <= 6 and 0 < e["heldout_sequences"] <= 3
+    losses = [h["loss"] for h in e["history"] if "loss" in h]
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+    # step 0 is the base draft: its held-out loss over kept hidden states equals the whole-model pass's
+    whole = run("whole", 1, 0, 1)["entry"]
+    h0 = next(h["heldout"] for h in whole["history"] if "heldout" in h)
+    assert h0["loss"] == pytest.approx(e["history"][0]["heldout"]["loss"], rel=1e-4)
+
+
+def test_align_data_is_the_targets_output_whatever_chain_generates_it(task_env, tmp_path):
+    t = str(task_env["trained"][0])
+    common = ["align", "--tasks", str(task_env["root"] / "tasks.json"), "--draft", str(task_env["draft"]), "--target",
+              str(task_env["target"]), "--clusters", t, "--steps", "1", "--max-new-tokens", "32", "--dtype", "fp32",
+              "--threads", "1"]
+    assert main([*common, "--gen-chain", f"ngram>{task_env['target']}", "--out", str(tmp_path / "ng")]) == 0
+    ref = torch.load(task_env["root"] / "aligned" / "data" / f"task{t}.pt", weights_only=False)
+    got = torch.load(tmp_path / "ng" / "data" / f"task{t}.pt", weights_only=False)
+    for split in ("train", "heldout"):
+        assert [d["ids"] for d in got[split]] == [d["ids"] for d in ref[split]] and got[split]
+    assert main([*common, "--gen-chain", f"ngram>{task_env['draft']}", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_prompt_samples_are_seeded_capped_and_in_order():
+    qids = list(range(100, 140))
+    a = sample_prompts(qids, 7, "0:1:train")
+    assert a == sample_prompts(qids, 7, "0:1:train") and len(a) == 7 and a == sorted(a)
+    assert set(a) <= set(qids) and a != sample_prompts(qids, 7, "0:2:train")
+    assert sample_prompts(qids, 0, "x") == qids and sample_prompts(qids, 99, "x") == qids
 
 
 def _heldout_prompts(art, n_per_cat: int = 1) -> tuple[list[str], list[str]]:

@@ -115,12 +115,16 @@ ALIGN_OPTIONS = (  # flag, type, help; unset flags keep AlignConfig's defaults
     ("--max-prompt-tokens", int, "longer prompts are skipped"),
     ("--topk", int, "target probabilities kept per position"), ("--eval-every", int, "held-out evaluation period"),
     ("--ckpt-every", int, "checkpoint period"), ("--gen-batch", int, "engine batch for target outputs"),
-    ("--seed", int, "seed of adapter init and batch draws"))
+    ("--seed", int, "seed of adapter init, batch draws and prompt samples"),
+    ("--layers", int, "adapt only the last N blocks (0: all; the frozen ones run once per sequence)"),
+    ("--train-prompts", int, "at most N training prompts per task, a seeded sample (0: all)"),
+    ("--heldout-prompts", int, "at most N held-out prompts per task (0: all)"))
 
 
 def cmd_align(a) -> int:
-    from ..api import SpecRouter
+    from ..api import SpecRouter, parse_chain
     from ..model.loader import check_same_vocab, load_model
+    from ..speculate import NGRAM
     from .align import AlignConfig, align
     from .artifact import TaskArtifact
     from .trainfwd import trainable_base
@@ -133,13 +137,18 @@ def cmd_align(a) -> int:
     clusters = [int(x) for x in a.clusters.split(",")] if a.clusters else None
     prompts = {p.qid: p for p in load_split_prompts(art, a.prompts, "all")}
     _threads(a.threads)
+    gen_levels = parse_chain(a.gen_chain) if a.gen_chain else [a.draft, a.target]
+    if gen_levels[-1] != a.target:
+        raise ValueError(f"--gen-chain {a.gen_chain!r} must end with the target {a.target!r}: the training data "
+                         f"is the target's own output")
     models = {}
-    for spec in (a.draft, a.target):
-        print(f"[align] loading {spec} ({a.dtype})", file=sys.stderr, flush=True)
-        models[spec] = load_model(spec, dtype=a.dtype)
+    for spec in (a.draft, a.target, *gen_levels):
+        if spec != NGRAM and spec not in models:
+            print(f"[align] loading {spec} ({a.dtype})", file=sys.stderr, flush=True)
+            models[spec] = load_model(spec, dtype=a.dtype)
     check_same_vocab(list(models.values()))
     draft, target = models[a.draft], models[a.target]
-    engine = SpecRouter(models, [a.draft, a.target], max_batch=cfg.gen_batch)
+    engine = SpecRouter({x: models[x] for x in gen_levels if x != NGRAM}, gen_levels, max_batch=cfg.gen_batch)
     print(f"[align] fp32 trainable copy of {draft.name}", file=sys.stderr, flush=True)
     base = trainable_base(draft.folder)
     manifest = align(art, a.tasks, prompts, lambda text: prompt_ids(target.tokenizer, text), engine, draft.name,
@@ -222,6 +231,9 @@ def add_parsers(sub, common) -> None:
     al.add_argument("--prompts", default=None, help="the prompt file (default: the one recorded in the artifact)")
     al.add_argument("--clusters", default=None, help="comma-separated task ids to align (default: all)")
     al.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    al.add_argument("--gen-chain", default=None,
+                    help="chain that generates the target's outputs (lossless, so any chain ending at --target; "
+                         "default DRAFT>TARGET), e.g. 1.5b@w8a8>1.5b on AVX2 CPUs")
     for flag, typ, help_ in ALIGN_OPTIONS:
         al.add_argument(flag, type=typ, default=None, help=f"{help_} (default: AlignConfig)")
     common(al)

@@ -74,11 +74,17 @@ class Adapter:
 
     @classmethod
     def init(cls, args: ModelArgs, rank: int = 16, alpha: float = 32.0, seed: int = 0,
-             kinds: tuple[str, ...] = SLOT_KINDS) -> "Adapter":
-        """A ~ U(-1/sqrt(in), 1/sqrt(in)) (seeded), B = 0: the adapted model equals the base."""
+             kinds: tuple[str, ...] = SLOT_KINDS, layers: "range | None" = None) -> "Adapter":
+        """A ~ U(-1/sqrt(in), 1/sqrt(in)) (seeded), B = 0: the adapted model equals the base.
+
+        layers: the blocks that carry an adapter (default: all).
+        """
         g = torch.Generator().manual_seed(seed)
         w = {}
+        keep = {f"blocks.{i}." for i in (range(args.n_layers) if layers is None else layers)}
         for slot, (out, inp) in slot_shapes(args, kinds).items():
+            if slot[:slot.rindex(".") + 1] not in keep:
+                continue
             bound = 1 / math.sqrt(inp)
             w[slot] = ((torch.rand(rank, inp, generator=g) * 2 - 1) * bound, torch.zeros(out, rank))
         return cls(rank, alpha, w)
