@@ -15,7 +15,7 @@ from specrouter.bench.spec_bench import BenchPrompt
 from specrouter.cli import main
 from specrouter.model.loader import load_model
 from specrouter.sampling import SamplingParams
-from specrouter.tasks.align import load_adapters, sample_prompts
+from specrouter.tasks.align import AlignConfig, Sequence, eval_coarse, load_adapters, sample_prompts
 from specrouter.tasks.artifact import TaskArtifact, arrays_path
 from specrouter.tasks.classifier import TaskClassifier, features, standardizer
 from specrouter.tasks.distill import coarse_kl
@@ -300,6 +300,11 @@ def test_align_of_the_last_blocks_trains_only_them_on_kept_hidden_states(task_en
     whole = run("whole", 1, 0, 1)["entry"]
     h0 = next(h["heldout"] for h in whole["history"] if "heldout" in h)
     assert h0["loss"] == pytest.approx(e["history"][0]["heldout"]["loss"], rel=1e-4)
+    # after training, the held-out loss logged from kept hidden states is the trained adapter's own,
+    # as a whole pass of a freshly built adapted draft computes it
+    held = [Sequence(**d) for d in torch.load(tmp_path / "last1" / "data" / f"task{t}.pt", weights_only=False)["heldout"]]
+    fresh = eval_coarse(adapted(trainable_base(task_env["draft"]), last["adapter"]), held, 10 ** 9)
+    assert [h for h in e["history"] if "heldout" in h][-1]["heldout"]["loss"] == pytest.approx(fresh["loss"], rel=1e-4)
 
 
 def test_align_data_is_the_targets_output_whatever_chain_generates_it(task_env, tmp_path):
@@ -313,6 +318,18 @@ def test_align_data_is_the_targets_output_whatever_chain_generates_it(task_env, 
     for split in ("train", "heldout"):
         assert [d["ids"] for d in got[split]] == [d["ids"] for d in ref[split]] and got[split]
     assert main([*common, "--gen-chain", f"ngram>{task_env['draft']}", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_align_config_chooses_the_adapted_blocks_and_slots(tiny_dir):
+    args = load_model(str(tiny_dir / "target"), dtype="fp32", progress=False).model.args
+    cfg = AlignConfig(layers=1, slots="qkv,o")
+    ad = Adapter.init(args, rank=2, kinds=cfg.slot_kinds(), layers=cfg.adapted_layers(args.n_layers))
+    assert sorted(ad.weights) == [f"blocks.{args.n_layers - 1}.o", f"blocks.{args.n_layers - 1}.qkv"]
+    assert AlignConfig(layers=99).adapted_layers(args.n_layers) == range(0, args.n_layers)
+    assert AlignConfig().adapted_layers(args.n_layers) == range(0, args.n_layers)
+    for bad in ({"slots": "qkv,mlp"}, {"slots": ""}, {"layers": -1}, {"train_prompts": -2}):
+        with pytest.raises(ValueError):
+            AlignConfig(**bad)
 
 
 def test_prompt_samples_are_seeded_capped_and_in_order():

@@ -42,7 +42,7 @@ import torch
 from ..sampling import SamplingParams
 from .artifact import sha256_file
 from .distill import coarse_kl, greedy_agreement, one_minus_tvd, topk_targets
-from .lora import Adapter, adapted, extract, lora_parameters
+from .lora import SLOT_KINDS, Adapter, adapted, extract, lora_parameters
 from .trainfwd import hidden_before, train_logits
 
 MANIFEST_KIND = "specrouter.task_adapters"
@@ -66,6 +66,7 @@ class AlignConfig:
     layers: int = 0  # adapt only the last `layers` blocks (0: all); the frozen ones run once per sequence
     train_prompts: int = 0  # at most this many training prompts per task, a seeded sample (0: all)
     heldout_prompts: int = 0  # same for held-out prompts
+    slots: str = "qkv,o,gate_up,down"  # the matmuls of a block that carry the adapter
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "rank", "max_new_tokens", "max_prompt_tokens", "topk", "eval_every",
@@ -75,6 +76,9 @@ class AlignConfig:
         for name in ("layers", "train_prompts", "heldout_prompts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"align {name} must be >= 0 (0: all), got {getattr(self, name)}")
+        bad = set(self.slot_kinds()) - set(SLOT_KINDS)
+        if bad or not self.slot_kinds():
+            raise ValueError(f"align slots {self.slots!r}: choose from {','.join(SLOT_KINDS)}")
         if not self.lr > 0 or not self.alpha > 0:
             raise ValueError(f"align lr and alpha must be > 0, got {self.lr}, {self.alpha}")
 
@@ -83,7 +87,10 @@ class AlignConfig:
                                               "heldout_prompts", "seed")}
 
     def train_key(self) -> dict:
-        return {k: getattr(self, k) for k in ("batch", "lr", "rank", "alpha", "seed", "layers")}
+        return {k: getattr(self, k) for k in ("batch", "lr", "rank", "alpha", "seed", "layers", "slots")}
+
+    def slot_kinds(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.slots.split(",") if x.strip())
 
     def adapted_layers(self, n_layers: int) -> range:
         """The blocks that carry the adapter."""
@@ -206,9 +213,10 @@ def train_task(task: int, base, train: list[Sequence], heldout: list[Sequence], 
     if not train:
         raise ValueError(f"task {task} has no training sequences")
     layers = cfg.adapted_layers(base.args.n_layers)
-    adapter = Adapter.init(base.args, cfg.rank, cfg.alpha, seed=cfg.seed * 1000 + task, layers=layers)
+    adapter = Adapter.init(base.args, cfg.rank, cfg.alpha, seed=cfg.seed * 1000 + task, kinds=cfg.slot_kinds(),
+                           layers=layers)
     model = adapted(base, adapter, trainable=True)
-    start = layers.start
+    start = layers.start  # the first block with an adapter
     if start:  # the blocks below `start` stay the base's: run them once per sequence
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -235,7 +243,7 @@ def train_task(task: int, base, train: list[Sequence], heldout: list[Sequence], 
     if step == 0:
         history.append({"step": 0, "heldout": eval_coarse(model, heldout, vocab, start)})
         _log(f"task {task}: step 0 held-out {_fmt(history[-1]['heldout'])}")
-    t0, start = time.perf_counter(), step
+    t0, first_step = time.perf_counter(), step
     while step < cfg.steps:
         opt.zero_grad(set_to_none=True)
         picks = [train[i] for i in batch_indices(cfg.seed, task, step, len(train), cfg.batch)]
@@ -251,7 +259,7 @@ def train_task(task: int, base, train: list[Sequence], heldout: list[Sequence], 
         step += 1
         history.append({"step": step, "loss": loss_sum / total, "agreement": agree / total})
         if step % max(1, cfg.eval_every // 5) == 0 or step == cfg.steps:
-            rate = (time.perf_counter() - t0) / (step - start)
+            rate = (time.perf_counter() - t0) / (step - first_step)
             _log(f"task {task}: step {step}/{cfg.steps} loss {loss_sum / total:.4f} agreement {agree / total:.3f} "
                  f"({rate:.2f}s/step, ~{rate * (cfg.steps - step):.0f}s left)")
         if step % cfg.eval_every == 0 or step == cfg.steps:

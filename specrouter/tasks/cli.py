@@ -118,7 +118,8 @@ ALIGN_OPTIONS = (  # flag, type, help; unset flags keep AlignConfig's defaults
     ("--seed", int, "seed of adapter init, batch draws and prompt samples"),
     ("--layers", int, "adapt only the last N blocks (0: all; the frozen ones run once per sequence)"),
     ("--train-prompts", int, "at most N training prompts per task, a seeded sample (0: all)"),
-    ("--heldout-prompts", int, "at most N held-out prompts per task (0: all)"))
+    ("--heldout-prompts", int, "at most N held-out prompts per task (0: all)"),
+    ("--slots", str, "block matmuls that carry the adapter, from qkv,o,gate_up,down (default: all)"))
 
 
 def cmd_align(a) -> int:
