@@ -42,6 +42,18 @@ def test_bench_prints_table_and_json(tiny_dir, tmp_path, capsys):
     assert "chain choice per category" in out
 
 
+def test_bench_report_without_hf_prints_no_ratio(capsys):
+    from specrouter.bench.spec_bench import print_report
+
+    agg = {s: {"tokens_per_s": 2.0, "speedup_vs_target": 1.0, "mean_accepted": 0.0, "greedy_match": 1.0}
+           for s in ("target", "a>b")}
+    agg["a>b"]["speedup_vs_hf"] = float("nan")
+    print_report({"chat": agg}, agg, "a>b")
+    table = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("chat", "OVERALL"))]
+    assert len(table) == 4 and not any("nan" in ln for ln in table)
+    assert all(ln.split()[4] == "-" for ln in table)  # the vs-HF column
+
+
 def test_bench_rejects_malformed_jsonl(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question_id": 1, "turns": ["no category"]}\n')

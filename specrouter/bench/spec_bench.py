@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import sys
 import time
@@ -114,8 +115,10 @@ def print_report(per_cat: dict[str, dict], overall: dict, primary: str, extra: d
         for s in cols:
             a = agg[s]
             acc = f"{a['mean_accepted']:.2f}" if a["mean_accepted"] else "-"
+            hf = a.get("speedup_vs_hf")
+            hf = f"{hf:.2f}x" if hf is not None and math.isfinite(hf) else "-"  # no HF run: no ratio
             print(f"{cat:<16}{s:<28}{a['tokens_per_s']:>8.2f}{a['speedup_vs_target']:>9.2f}x"
-                  f"{a.get('speedup_vs_hf', float('nan')):>7.2f}x{acc:>9}{a['greedy_match']:>7.2f}")
+                  f"{hf:>8}{acc:>9}{a['greedy_match']:>7.2f}")
     keys = ("speedup_vs_target", "speedup_vs_hf", "greedy_match", "mean_accepted", "tokens_per_s")
     pick = lambda a: {k: a[primary].get(k) for k in keys}  # noqa: E731
     result = {"overall": pick(overall), "categories": {c: pick(a) for c, a in per_cat.items()},
