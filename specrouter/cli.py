@@ -71,8 +71,12 @@ def cmd_generate(a) -> int:
     dt = time.perf_counter() - t0
     print()
     st = gen.stats
+    used = sorted(st.chains.items(), key=lambda kv: -kv[1])
+    # auto and task-routed requests run chains other than the one named: say which, by steps
+    steps = "" if [c for c, _ in used] in ([a.chain], []) else \
+        " (steps: " + ", ".join(f"{c} {n}" for c, n in used) + ")"
     print(f"[{len(gen.tokens)} tokens in {dt:.2f}s: {len(gen.tokens) / dt:.2f} tok/s "
-          f"(prefill {st.prefill_s:.2f}s) | chain {a.chain} | acceptance {st.acceptance_rate:.2f} | "
+          f"(prefill {st.prefill_s:.2f}s) | chain {a.chain}{steps} | acceptance {st.acceptance_rate:.2f} | "
           f"mean accepted length {st.mean_accepted_length(len(gen.tokens)):.2f} | finish {gen.finish_reason}]",
           file=sys.stderr)
     return 0

@@ -387,6 +387,16 @@ def test_tasks_eval_cli_reports_accuracy_and_latency(task_env, tmp_path, capsys)
     assert "accuracy vs category" in capsys.readouterr().out
 
 
+def test_generate_with_task_drafts_says_which_draft_ran(task_env, capsys):
+    root, t = task_env["root"], task_env["trained"][0]
+    text = PROMPT_TEXTS[task_env["art"].clusters[t]["majority_category"]](3)
+    assert main(["generate", text, "--raw", "--chain", f"{task_env['draft']}>{task_env['target']}", "--tasks",
+                 str(root / "tasks.json"), "--adapters", str(root / "aligned"), "--max-new-tokens", "12",
+                 "--dtype", "fp32", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "(steps: " in err and "#t" in err  # the aligned draft that ran, not just the chain named
+
+
 def test_bad_inputs_fail_clearly(task_env, tmp_path):
     root, target = task_env["root"], str(task_env["target"])
     with pytest.raises(ValueError, match="embeds prompts with"):  # the chain's draft is not the embedding model
