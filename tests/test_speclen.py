@@ -52,6 +52,15 @@ def test_dsde_rule_long_when_stable_short_when_unstable():
 
 def test_dsde_learns_a_higher_bound_when_whole_drafts_keep_passing():
     """KL ~0.2 (s ~ 0.67) proposes below k_hi; whole drafts of the proposed length still raise it."""
+    stable = DSDELength(min_len=1, max_len=12, initial=2, warmup=2)  # the stable case first (KL ~0.01)
+    stable.add_row(0)
+    for _ in range(2):
+        stable.observe(0, fb([0.01] * 2, 2, 1))
+    assert stable.rows[0]["hi"] == 3
+    for _ in range(4):
+        k = stable.propose(0)
+        stable.observe(0, fb([0.01] * k, k, k))
+    assert stable.rows[0]["hi"] > 3
     pol = DSDELength(min_len=1, max_len=12, initial=4, warmup=3)
     pol.add_row(0)
     for _ in range(3):
