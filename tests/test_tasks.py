@@ -16,9 +16,10 @@ from specrouter.cli import main
 from specrouter.model.loader import load_model
 from specrouter.sampling import SamplingParams
 from specrouter.tasks.align import AlignConfig, Sequence, eval_coarse, load_adapters, sample_prompts
+from specrouter.tasks.data import attach_prompt_targets, shared_prefix, target_logits
 from specrouter.tasks.artifact import TaskArtifact, arrays_path
 from specrouter.tasks.classifier import TaskClassifier, features, standardizer
-from specrouter.tasks.distill import coarse_kl
+from specrouter.tasks.distill import coarse_kl, topk_targets
 from specrouter.tasks.fit import FitConfig, fit_tasks, purity, split_by_category
 from specrouter.tasks.kmeans import choose_k, kmeans, silhouette
 from specrouter.tasks.lora import Adapter, LoRALinear, adapted, lora_parameters
@@ -307,6 +308,43 @@ def test_align_of_the_last_blocks_trains_only_them_on_kept_hidden_states(task_en
     assert [h for h in e["history"] if "heldout" in h][-1]["heldout"]["loss"] == pytest.approx(fresh["loss"], rel=1e-4)
 
 
+def test_align_distils_sampled_prompt_positions_beyond_the_shared_prefix(task_env, tmp_path):
+    t = task_env["trained"][0]
+    target = load_model(str(task_env["target"]), dtype="fp32", progress=False).model
+
+    def run(out: str, n: int) -> tuple[dict, Adapter]:
+        flags = ["--prompt-positions", str(n)] if n else []
+        assert main(["align", "--tasks", str(task_env["root"] / "tasks.json"), "--draft", str(task_env["draft"]),
+                     "--target", str(task_env["target"]), "--clusters", str(t), "--steps", "30", "--lr", "3e-3",
+                     "--rank", "8", "--alpha", "16", "--max-new-tokens", "16", "--eval-every", "30", "--layers", "1",
+                     "--train-prompts", "6", "--heldout-prompts", "2", *flags, "--dtype", "fp32", "--threads", "1",
+                     "--out", str(tmp_path / out)]) == 0
+        return torch.load(tmp_path / out / "data" / f"task{t}.pt", weights_only=False), load_adapters(tmp_path / out)[1][t]
+
+    data, with_prompt = run("with", 8)
+    _, without = run("without", 0)
+    train = [Sequence(**d) for d in data["train"]]
+    extra = data["prompt_targets"]
+    assert extra["n"] == 8 and len(extra["train"]) == len(train) > 1
+    shared = shared_prefix(train)
+    assert shared > 0 and len({tuple(s.ids[:shared + 1]) for s in train}) > 1  # the chat template, exactly
+    for s, d in zip(train, extra["train"]):
+        pos = d["pos"]
+        assert 0 < len(pos) <= 8 and pos == sorted(set(pos)) and shared - 1 <= pos[0] and pos[-1] < s.n_prompt - 1
+        idx, p = topk_targets(target_logits(target, s.ids, pos, 10 ** 9), d["idx"].shape[1])
+        assert torch.equal(idx, d["idx"]) and torch.allclose(p, d["p"])  # the target's own distribution there
+    attach_prompt_targets(train, extra["train"])
+    base = trainable_base(task_env["draft"])
+
+    def prompt_kl(adapter) -> float:
+        m = adapted(base, adapter)
+        with torch.no_grad():
+            return float(sum(coarse_kl(train_logits(m, s.ids, s.extra_pos), s.extra_idx, s.extra_p).sum()
+                             for s in train))
+
+    assert prompt_kl(with_prompt) < 0.9 * prompt_kl(without)  # the prompt positions were trained on
+
+
 def test_align_data_is_the_targets_output_whatever_chain_generates_it(task_env, tmp_path):
     t = str(task_env["trained"][0])
     common = ["align", "--tasks", str(task_env["root"] / "tasks.json"), "--draft", str(task_env["draft"]), "--target",
@@ -327,7 +365,7 @@ def test_align_config_chooses_the_adapted_blocks_and_slots(tiny_dir):
     assert sorted(ad.weights) == [f"blocks.{args.n_layers - 1}.o", f"blocks.{args.n_layers - 1}.qkv"]
     assert AlignConfig(layers=99).adapted_layers(args.n_layers) == range(0, args.n_layers)
     assert AlignConfig().adapted_layers(args.n_layers) == range(0, args.n_layers)
-    for bad in ({"slots": "qkv,mlp"}, {"slots": ""}, {"layers": -1}, {"train_prompts": -2}):
+    for bad in ({"slots": "qkv,mlp"}, {"slots": ""}, {"layers": -1}, {"train_prompts": -2}, {"prompt_positions": -1}):
         with pytest.raises(ValueError):
             AlignConfig(**bad)
 

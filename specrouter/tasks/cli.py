@@ -119,7 +119,8 @@ ALIGN_OPTIONS = (  # flag, type, help; unset flags keep AlignConfig's defaults
     ("--layers", int, "adapt only the last N blocks (0: all; the frozen ones run once per sequence)"),
     ("--train-prompts", int, "at most N training prompts per task, a seeded sample (0: all)"),
     ("--heldout-prompts", int, "at most N held-out prompts per task (0: all)"),
-    ("--slots", str, "block matmuls that carry the adapter, from qkv,o,gate_up,down (default: all)"))
+    ("--slots", str, "block matmuls that carry the adapter, from qkv,o,gate_up,down (default: all)"),
+    ("--prompt-positions", int, "also distil at up to N positions of each training prompt (0: none)"))
 
 
 def cmd_align(a) -> int:
