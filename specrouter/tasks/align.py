@@ -12,8 +12,9 @@ For each cluster c of a task artifact:
                Prompts longer than ``max_prompt_tokens`` are skipped (counted).
   2. train   — AdamW on a fresh adapter (B = 0: step 0 *is* the base draft) over an fp32 copy of the
                draft with plain linears (``trainfwd.py``), loss = coarsened KL(p || q) averaged over
-               continuation (and sampled prompt) positions, ``batch`` sequences per step drawn by a seeded RNG keyed by
-               (seed, cluster, step), so a resumed run draws what the uninterrupted one would have.
+               continuation (and sampled prompt) positions, ``batch`` sequences per step drawn by a
+               seeded RNG keyed by (seed, cluster, step), so a resumed run draws what the
+               uninterrupted one would have.
                With ``layers`` = N > 0 only the last N blocks carry the adapter; the blocks below
                are the base's, so their output is computed once per sequence and each step runs
                N blocks and the head (forward and backward) instead of the whole model.
