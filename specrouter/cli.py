@@ -113,7 +113,7 @@ def cmd_bench(a) -> int:
     target_only = SpecRouter(models, [target_name], max_batch=a.batch_size)
     if not 0.0 <= a.temperature <= 100.0:
         raise ValueError(f"--temperature must be in [0, 100], got {a.temperature}")
-    systems = {"target": _runner(target_only, a.temperature, a.seed)}
+    systems = {"target": _runner(target_only, a.temperature, a.seed, a.ignore_eos)}
     routers = {}
     for chain, lv in zip(chains, levels_all):
         if len(lv) == 1:
@@ -125,7 +125,7 @@ def cmd_bench(a) -> int:
             spec = (None if auto else "heuristic") if base == "auto" else base
             sr = SpecRouter(models, lv, spec_len=spec, auto=auto, batch_cap=not pol.endswith("+nocap"),
                             max_batch=a.batch_size, progress=True)
-            systems[name] = _runner(sr, a.temperature, a.seed)
+            systems[name] = _runner(sr, a.temperature, a.seed, a.ignore_eos)
             if auto:
                 routers[name] = sr.router
             if tkw:
@@ -133,7 +133,7 @@ def cmd_bench(a) -> int:
 
                 tsr = TaskSpecRouter(models, lv, spec_len=spec, auto=auto, batch_cap=not pol.endswith("+nocap"),
                                      max_batch=a.batch_size, progress=True, **tkw)
-                systems[f"{name}+tasks"] = _runner(tsr, a.temperature, a.seed)
+                systems[f"{name}+tasks"] = _runner(tsr, a.temperature, a.seed, a.ignore_eos)
                 if auto:
                     routers[f"{name}+tasks"] = tsr.router
     if a.llamacpp:
@@ -144,7 +144,7 @@ def cmd_bench(a) -> int:
             print(f"[bench] loading llama.cpp on {gguf.name} ({torch.get_num_threads()} threads)",
                   file=sys.stderr, flush=True)
             systems["llama.cpp"] = LlamaCppBaseline(gguf, n_threads=torch.get_num_threads(),
-                                                    eos_ids=target_only.tokenizer.eos_ids)
+                                                    eos_ids=() if a.ignore_eos else target_only.tokenizer.eos_ids)
         except LlamaCppUnavailable as e:
             print(f"[bench] skipping the llama.cpp baseline: {e}", file=sys.stderr, flush=True)
     hf = None
@@ -155,7 +155,7 @@ def cmd_bench(a) -> int:
         else:
             print(f"[bench] loading transformers models for assisted generation", file=sys.stderr, flush=True)
             hf = HFAssisted(models[target_name].folder, models[draft_name].folder, parse_dtype(a.dtype),
-                            temperature=a.temperature, seed=a.seed)
+                            temperature=a.temperature, seed=a.seed, ignore_eos=a.ignore_eos)
     print(f"[bench] {len(prompts)} prompts x {len(systems) + (hf is not None)} systems, "
           f"{a.max_new_tokens} new tokens, batch {a.batch_size}", file=sys.stderr, flush=True)
     def save(rows):
@@ -187,16 +187,19 @@ def cmd_bench_report(a) -> int:
     return 0
 
 
-def _runner(sr, temperature: float = 0.0, seed: int = 0):
-    """A bench system: greedy, or sampled with one seed per call shared by every system."""
+def _runner(sr, temperature: float = 0.0, seed: int = 0, ignore_eos: bool = False):
+    """A bench system: greedy, or sampled with one seed per call shared by every system; with
+    ``ignore_eos`` every response is exactly ``max_new`` tokens long."""
     from .sampling import SamplingParams
 
     calls = iter(range(seed, 1 << 62))
 
     def run(ids: list[list[int]], max_new: int):
         s = next(calls)
-        plist = [SamplingParams(max_new_tokens=max_new, temperature=temperature, seed=s * 1000 + j)
-                 for j in range(len(ids))] if temperature > 0 else SamplingParams(max_new_tokens=max_new)
+        plist = [SamplingParams(max_new_tokens=max_new, temperature=temperature, seed=s * 1000 + j,
+                                ignore_eos=ignore_eos)
+                 for j in range(len(ids))] if temperature > 0 else SamplingParams(max_new_tokens=max_new,
+                                                                                    ignore_eos=ignore_eos)
         gens = sr.generate_ids(ids, plist)
         return [(g.tokens, g.stats.steps, dict(g.stats.chains)) for g in gens]
     return run
@@ -325,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 = greedy (default); > 0 samples every system with the same per-prompt seeds "
                         "(the 'match' column then compares samples, not a correctness check)")
     b.add_argument("--seed", type=int, default=0, help="base seed of the per-prompt sampling seeds")
+    b.add_argument("--ignore-eos", action="store_true",
+                   help="every system generates exactly --max-new-tokens (EOS ends nothing), so systems whose "
+                        "sampled answers differ in length still time equal work; HF assisted suppresses EOS "
+                        "instead (transformers' min_new_tokens)")
     b.add_argument("--no-hf", action="store_true", help="skip transformers' assisted generation")
     b.add_argument("--llamacpp", action="store_true",
                    help="add llama.cpp decoding the target's GGUF (needs: pip install 'specrouter[llamacpp]')")

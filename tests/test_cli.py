@@ -42,6 +42,38 @@ def test_bench_prints_table_and_json(tiny_dir, tmp_path, capsys):
     assert "chain choice per category" in out
 
 
+def test_bench_ignore_eos_times_full_length_responses(tiny_dir, tmp_path, capsys, monkeypatch):
+    """--ignore-eos: every system, HF assisted included, returns exactly --max-new-tokens even where the
+    target's answer ends early (made so here: its 3rd greedy token is declared EOS)."""
+    from specrouter import tokenizer as tk
+    from specrouter.api import SpecRouter
+    from specrouter.sampling import SamplingParams
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"question_id": 1, "category": "chat", "turns": ["hi there"]}) + "\n")
+    sr = SpecRouter.from_chain(str(tiny_dir / "target"), dtype="fp32", progress=False)
+    ref = sr.generate_ids([sr.encode_prompt("hi there")], SamplingParams(max_new_tokens=12, ignore_eos=True))[0].tokens
+    eos = ref[2]
+    init = tk.Tokenizer.__init__
+
+    def with_eos(self, *args, **kw):
+        init(self, *args, **kw)
+        self.eos_ids = frozenset([eos])
+
+    monkeypatch.setattr(tk.Tokenizer, "__init__", with_eos)
+    chain = f"{tiny_dir / 'draft'}>{tiny_dir / 'target'}"
+    lengths = []
+    for flags in ([], ["--ignore-eos"]):
+        rows = tmp_path / f"rows{len(flags)}.json"
+        assert main(["bench", "--prompts", str(prompts), "--max-new-tokens", "12", "--chains", chain, "--dtype",
+                     "fp32", "--threads", "1", "--out", str(rows), *flags]) == 0
+        capsys.readouterr()
+        row = json.loads(rows.read_text())["rows"][0]
+        lengths.append({s: row[s]["tokens"] for s in ("target", chain, "hf_assisted")})
+    assert lengths[0] == {"target": ref.index(eos) + 1, chain: ref.index(eos) + 1, "hf_assisted": ref.index(eos) + 1}
+    assert lengths[1] == {"target": 12, chain: 12, "hf_assisted": 12}
+
+
 def test_bench_report_without_hf_prints_no_ratio(capsys):
     from specrouter.bench.spec_bench import print_report
 

@@ -67,10 +67,10 @@ class HFAssisted:
     """transformers' assisted generation with the same weights (loaded from the prepared folders)."""
 
     def __init__(self, target_folder: Path, draft_folder: Path, dtype: torch.dtype, temperature: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, ignore_eos: bool = False):
         from transformers import AutoModelForCausalLM
 
-        self.temperature, self.seed = temperature, seed
+        self.temperature, self.seed, self.ignore_eos = temperature, seed, ignore_eos
 
         self.target = AutoModelForCausalLM.from_pretrained(str(target_folder), dtype=dtype).eval()
         self.draft = AutoModelForCausalLM.from_pretrained(str(draft_folder), dtype=dtype).eval()
@@ -83,6 +83,8 @@ class HFAssisted:
             torch.manual_seed(self.seed)
             self.seed += 1
             sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
+        if self.ignore_eos:  # transformers cannot run past EOS; it can forbid it until max_new_tokens
+            sampling["min_new_tokens"] = max_new_tokens
         out = self.target.generate(x, attention_mask=torch.ones_like(x), assistant_model=self.draft,
                                    max_new_tokens=max_new_tokens, **sampling,
                                    eos_token_id=sorted(eos_ids), pad_token_id=min(eos_ids))
