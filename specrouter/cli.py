@@ -196,10 +196,9 @@ def _runner(sr, temperature: float = 0.0, seed: int = 0, ignore_eos: bool = Fals
 
     def run(ids: list[list[int]], max_new: int):
         s = next(calls)
-        plist = [SamplingParams(max_new_tokens=max_new, temperature=temperature, seed=s * 1000 + j,
-                                ignore_eos=ignore_eos)
-                 for j in range(len(ids))] if temperature > 0 else SamplingParams(max_new_tokens=max_new,
-                                                                                    ignore_eos=ignore_eos)
+        kw = {"max_new_tokens": max_new, "ignore_eos": ignore_eos}
+        plist = [SamplingParams(temperature=temperature, seed=s * 1000 + j, **kw)
+                 for j in range(len(ids))] if temperature > 0 else SamplingParams(**kw)
         gens = sr.generate_ids(ids, plist)
         return [(g.tokens, g.stats.steps, dict(g.stats.chains)) for g in gens]
     return run

@@ -6,7 +6,8 @@ ids out: prompts are tokenized by our tokenizer (same chat template) and handed 
 token ids, so both decode the same prompt tokens. Greedy (temperature 0, no penalties), the same
 token budget, stop at the same EOS ids (none under ``bench --ignore-eos``), ``n_threads`` = torch's
 thread count, and a fresh KV cache per prompt (llama-cpp-python would otherwise reuse the common
-chat-template prefix, a prefill saving our runtime does not get). One llama.cpp forward per token: "steps" = tokens.
+chat-template prefix, a prefill saving our runtime does not get). One llama.cpp forward per token:
+"steps" = tokens.
 
 llama.cpp computes with the GGUF's own quantized blocks (Q4_K_M for the default models) while our
 levels use the dequantized weights in bf16 or re-quantized int8/int4, so its greedy text can

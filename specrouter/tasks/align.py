@@ -199,7 +199,7 @@ def train_task(task: int, base, train: list[Sequence], heldout: list[Sequence], 
     while step < cfg.steps:
         opt.zero_grad(set_to_none=True)
         picks = [train[i] for i in batch_indices(cfg.seed, task, step, len(train), cfg.batch)]
-        total = sum(len(s.train_targets()[0]) for s in picks)
+        total = sum(s.n_train for s in picks)
         loss_sum = agree = 0.0
         for s in picks:  # one backward per sequence: memory stays one sequence's activations
             kl, a = seq_loss(model, s, vocab, start, train=True)

@@ -44,6 +44,11 @@ class Sequence:
         """Positions whose next token is a continuation token (where a draft drafts)."""
         return list(range(self.n_prompt - 1, len(self.ids) - 1))
 
+    @property
+    def n_train(self) -> int:
+        """How many positions the training loss covers (``train_targets``)."""
+        return len(self.ids) - self.n_prompt + len(self.extra_pos or ())
+
     def train_targets(self) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """(positions, idx [P, K], p [P, K]) the training loss covers: prompt extras, then continuation."""
         if not self.extra_pos:
