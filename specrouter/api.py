@@ -191,9 +191,10 @@ class SpecRouter:
         return text[:cut] if cut >= 0 else text
 
     def generate_ids(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
-                     on_tokens=None) -> list[Generation]:
+                     on_tokens=None, on_target_probs=None) -> list[Generation]:
         plist = params if isinstance(params, list) else [params] * len(prompts)
-        return self.engine.generate(prompts, plist, [self.stop_check(p.stop) for p in plist], on_tokens)
+        return self.engine.generate(prompts, plist, [self.stop_check(p.stop) for p in plist], on_tokens,
+                                    on_target_probs)
 
     def generate(self, prompts: list[str | list[dict]], params: SamplingParams | list[SamplingParams],
                  chat: bool = True, on_tokens=None) -> list[Output]:

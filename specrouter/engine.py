@@ -36,6 +36,9 @@ from .speculate import NGRAM, RowContext, draft, verify_round
 
 StopCheck = Callable[[list[int]], bool]  # generated ids -> True when a stop string has appeared
 OnTokens = Callable[["Request", list[int]], None]
+# (request, p [n_new, V]): the target's distributions at the n_new tokens a step committed, as its
+# verification computed them (greedy rows: softmax at T = 1; sampled rows: the tempered / top-p p)
+OnTargetProbs = Callable[["Request", torch.Tensor], None]
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Request:
     generator: torch.Generator
     stop_check: StopCheck | None = None
     on_tokens: OnTokens | None = None
+    on_target_probs: OnTargetProbs | None = None
     tag: object = None  # caller's handle (index, HTTP request id...)
     committed: list[int] = field(default_factory=list)
     slot: int | None = None
@@ -104,14 +108,15 @@ class SpeculativeEngine:
 
     # ------------------------------------------------------------------ requests
     def add(self, prompt: list[int], params: SamplingParams, stop_check: StopCheck | None = None,
-            on_tokens: OnTokens | None = None, tag: object = None) -> Request:
+            on_tokens: OnTokens | None = None, tag: object = None,
+            on_target_probs: OnTargetProbs | None = None) -> Request:
         if not prompt:
             raise ValueError("prompt is empty")
         if len(prompt) + 1 > self.max_seq_len:
             raise ValueError(f"prompt has {len(prompt)} tokens; the context holds {self.max_seq_len} "
                              f"(prompt plus at least one new token)")
         req = Request(Generation(list(prompt)), params, params.generator(self.target.model.device), stop_check,
-                      on_tokens, tag, committed=list(prompt), rid=next(self._serial))
+                      on_tokens, on_target_probs, tag, committed=list(prompt), rid=next(self._serial))
         self.waiting.append(req)
         return req
 
@@ -124,12 +129,16 @@ class SpeculativeEngine:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
                  stop_checks: list[StopCheck | None] | None = None,
-                 on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Generation]:
-        """Run every prompt to completion (at most ``max_batch`` at once). ``on_tokens(i, ids)`` streams."""
+                 on_tokens: Callable[[int, list[int]], None] | None = None,
+                 on_target_probs: Callable[[int, torch.Tensor], None] | None = None) -> list[Generation]:
+        """Run every prompt to completion (at most ``max_batch`` at once). ``on_tokens(i, ids)`` streams;
+        ``on_target_probs(i, p)`` receives the target's distributions at those tokens (``OnTargetProbs``)."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         stop_checks = stop_checks or [None] * len(prompts)
         cb = (lambda r, ids: on_tokens(r.tag, ids)) if on_tokens else None
-        reqs = [self.add(p, sp, sc, cb, tag=i) for i, (p, sp, sc) in enumerate(zip(prompts, params, stop_checks))]
+        pb = (lambda r, p: on_target_probs(r.tag, p)) if on_target_probs else None
+        reqs = [self.add(p, sp, sc, cb, tag=i, on_target_probs=pb)
+                for i, (p, sp, sc) in enumerate(zip(prompts, params, stop_checks))]
         while self.has_work():
             self.step()
         return [r.gen for r in reqs]
@@ -182,6 +191,8 @@ class SpeculativeEngine:
             r.gen.tokens.extend(new)
             if r.on_tokens is not None and new:
                 r.on_tokens(r, new)
+            if r.on_target_probs is not None and new:  # q_up[b][j]: p at the position of new[j]
+                r.on_target_probs(r, res.q_up[b][:len(new)])
             r.gen.finish_reason = reason
             self.router.observe_step(b, plans[b], elapsed, len(new), r.rid)
         for lv in self.levels:  # every level keeps only committed text (the target: committed[:-1])

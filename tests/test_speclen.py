@@ -76,25 +76,6 @@ def test_dsde_learns_a_higher_bound_when_whole_drafts_keep_passing():
     assert pol.rows[0]["hi"] == 12
 
 
-def test_dsde_ceiling_recovers_fast_from_a_hard_answer_start():
-    """The traced qa request (results/dsde-trace-qa.log): warm-up accepts 1, 3, 0 of 4 -> k_hi = 5;
-    after that every draft passes. The ceiling must reach max_len within two whole accepted drafts
-    (growing by one it would be at 7 when the 25-token answer ended)."""
-    pol = DSDELength(min_len=1, max_len=12, initial=4, warmup=3)
-    pol.add_row(0)
-    for acc in (1, 3, 0):
-        pol.observe(0, fb([0.05] * 4, 4, acc))
-    assert pol.rows[0]["hi"] == 5
-    his = []
-    for _ in range(2):
-        k = pol.propose(0)
-        pol.observe(0, fb([0.02] * k, k, k))
-        his.append(pol.rows[0]["hi"])
-    assert his == [8, 12]
-    pol.observe(0, fb([0.02] * 3, 12, 3))  # a rejection does not lower the ceiling; s does that
-    assert pol.rows[0]["hi"] == 12
-
-
 def test_dsde_warm_up_length_follows_what_finished_requests_sustained():
     pol = DSDELength(min_len=1, max_len=12, initial=4, warmup=3)
     pol.add_row(0)

@@ -358,6 +358,27 @@ def test_align_data_is_the_targets_output_whatever_chain_generates_it(task_env, 
     assert main([*common, "--gen-chain", f"ngram>{task_env['draft']}", "--out", str(tmp_path / "bad")]) == 2
 
 
+def test_align_targets_from_verification_equal_a_teacher_forced_pass(task_env, tmp_path):
+    """make_data keeps the p the target's verification computed while generating (no second pass); they
+    must be the teacher-forced distributions at every continuation position, whatever the chain and batch."""
+    target = load_model(str(task_env["target"]), dtype="fp32", progress=False).model
+    t = str(task_env["trained"][0])
+    assert main(["align", "--tasks", str(task_env["root"] / "tasks.json"), "--draft", str(task_env["draft"]),
+                 "--target", str(task_env["target"]), "--clusters", t, "--steps", "1", "--max-new-tokens", "24",
+                 "--gen-chain", f"ngram>{task_env['draft']}>{task_env['target']}", "--gen-batch", "3",
+                 "--dtype", "fp32", "--threads", "1", "--out", str(tmp_path / "a")]) == 0
+    for path in (task_env["root"] / "aligned", tmp_path / "a"):
+        data = torch.load(path / "data" / f"task{t}.pt", weights_only=False)
+        n = 0
+        for d in data["train"] + data["heldout"]:
+            s = Sequence(**d)
+            assert s.idx.shape[0] == len(s.positions) > 0
+            idx, p = topk_targets(target_logits(target, s.ids, s.positions, 10 ** 9), s.idx.shape[1])
+            assert torch.equal(idx[:, :4], s.idx[:, :4]) and torch.allclose(p, s.p, atol=1e-5), path
+            n += len(s.positions)
+        assert n > 40
+
+
 def test_align_config_chooses_the_adapted_blocks_and_slots(tiny_dir):
     args = load_model(str(tiny_dir / "target"), dtype="fp32", progress=False).model.args
     cfg = AlignConfig(layers=1, slots="qkv,o")

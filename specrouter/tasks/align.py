@@ -233,8 +233,9 @@ def align(art, art_path: str | Path, prompts: dict, tokenize, engine, draft_name
     """Align one adapter per cluster of ``art`` (all, or ``clusters``); returns the manifest.
 
     prompts: qid -> BenchPrompt; tokenize(text) -> ids; engine: a draft > target SpecRouter (for
-    target outputs); target_model: the target Transformer (teacher-forced distributions); base: the
-    draft as an fp32 trainable copy (``trainable_base``).
+    target outputs and their p); target_model: the target Transformer (teacher-forced p at prompt
+    positions and for the held-out metrics); base: the draft as an fp32 trainable copy
+    (``trainable_base``).
     """
     out = Path(out)
     mpath = out / "manifest.json"
@@ -276,9 +277,8 @@ def align(art, art_path: str | Path, prompts: dict, tokenize, engine, draft_name
         if data is None or data["key"] != cfg.data_key():
             data = {"key": cfg.data_key()}
             for split, qs in (("train", qtrain), ("heldout", qheld)):
-                seqs, skipped = make_data(engine, target_model, [tokenize(prompts[q].text) for q in qs],
-                                          cfg.max_new_tokens, cfg.max_prompt_tokens, cfg.topk, cfg.gen_batch, vocab,
-                                          f"task {c} {split}")
+                seqs, skipped = make_data(engine, [tokenize(prompts[q].text) for q in qs], cfg.max_new_tokens,
+                                          cfg.max_prompt_tokens, cfg.topk, cfg.gen_batch, vocab, f"task {c} {split}")
                 data[split] = [s.as_dict() for s in seqs]
                 data[f"skipped_{split}"] = skipped
             _atomic_save(data, dpath)
