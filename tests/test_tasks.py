@@ -379,6 +379,34 @@ def test_align_targets_from_verification_equal_a_teacher_forced_pass(task_env, t
         assert n > 40
 
 
+def test_align_adds_sampled_target_continuations_to_the_training_data(task_env, tmp_path):
+    target = load_model(str(task_env["target"]), dtype="fp32", progress=False).model
+    t = task_env["trained"][0]
+
+    def run(out: str) -> dict:
+        assert main(["align", "--tasks", str(task_env["root"] / "tasks.json"), "--draft", str(task_env["draft"]),
+                     "--target", str(task_env["target"]), "--clusters", str(t), "--steps", "2", "--max-new-tokens",
+                     "16", "--train-prompts", "4", "--heldout-prompts", "1", "--samples", "2", "--dtype", "fp32",
+                     "--threads", "1", "--out", str(tmp_path / out)]) == 0
+        return torch.load(tmp_path / out / "data" / f"task{t}.pt", weights_only=False)
+
+    data = run("a")
+    train = [Sequence(**d) for d in data["train"]]
+    smp = [Sequence(**d) for d in data["samples"]["train"]]
+    assert data["samples"]["n"] == 2 and len(smp) == 2 * len(train) == 8
+    assert [s.ids[:s.n_prompt] for s in smp] == [s.ids[:s.n_prompt] for s in train for _ in range(2)]
+    greedy = [s.ids for s in train for _ in range(2)]
+    assert sum(a.ids != g for a, g in zip(smp, greedy)) >= 4  # samples, not the greedy answer again
+    assert sum(smp[2 * i].ids != smp[2 * i + 1].ids for i in range(4)) >= 2  # two seeds per prompt
+    for s in smp:  # what is stored is the target's T = 1 distribution along the sampled answer
+        idx, p = topk_targets(target_logits(target, s.ids, s.positions, 10 ** 9), s.idx.shape[1])
+        assert torch.equal(idx[:, 0], s.idx[:, 0]) and torch.allclose(p, s.p, atol=1e-5)
+    e = json.loads((tmp_path / "a" / "manifest.json").read_text())["tasks"][str(t)]
+    assert e["train_sampled_sequences"] == 8 and e["train_sequences"] == 12
+    assert e["train_positions"]["continuation"] == sum(len(s.positions) for s in train + smp)
+    assert [d["ids"] for d in run("b")["samples"]["train"]] == [s.ids for s in smp]  # seeded
+
+
 def test_align_config_chooses_the_adapted_blocks_and_slots(tiny_dir):
     args = load_model(str(tiny_dir / "target"), dtype="fp32", progress=False).model.args
     cfg = AlignConfig(layers=1, slots="qkv,o")
@@ -386,7 +414,8 @@ def test_align_config_chooses_the_adapted_blocks_and_slots(tiny_dir):
     assert sorted(ad.weights) == [f"blocks.{args.n_layers - 1}.o", f"blocks.{args.n_layers - 1}.qkv"]
     assert AlignConfig(layers=99).adapted_layers(args.n_layers) == range(0, args.n_layers)
     assert AlignConfig().adapted_layers(args.n_layers) == range(0, args.n_layers)
-    for bad in ({"slots": "qkv,mlp"}, {"slots": ""}, {"layers": -1}, {"train_prompts": -2}, {"prompt_positions": -1}):
+    for bad in ({"slots": "qkv,mlp"}, {"slots": ""}, {"layers": -1}, {"train_prompts": -2}, {"prompt_positions": -1},
+                {"samples": -1}):
         with pytest.raises(ValueError):
             AlignConfig(**bad)
 

@@ -120,7 +120,8 @@ ALIGN_OPTIONS = (  # flag, type, help; unset flags keep AlignConfig's defaults
     ("--train-prompts", int, "at most N training prompts per task, a seeded sample (0: all)"),
     ("--heldout-prompts", int, "at most N held-out prompts per task (0: all)"),
     ("--slots", str, "block matmuls that carry the adapter, from qkv,o,gate_up,down (default: all)"),
-    ("--prompt-positions", int, "also distil at up to N positions of each training prompt (0: none)"))
+    ("--prompt-positions", int, "also distil at up to N positions of each training prompt (0: none)"),
+    ("--samples", int, "also N continuations per training prompt sampled from the target at T = 1 (0: none)"))
 
 
 def cmd_align(a) -> int:

@@ -8,6 +8,12 @@ them out per committed token), not a second, teacher-forced pass over prompt + c
 verifier scored every committed token's position with the accepted prefix as context, which is the
 teacher-forced distribution (``target_logits`` is the reference; a test holds the two equal).
 
+Sampled continuations (optional, training only): a task has a few dozen prompts, and one greedy
+answer each is a few hundred positions, which an adapter memorizes. ``n`` more continuations per
+training prompt, sampled from the target at temperature 1, are exact samples of the target's own
+answers (the chain is lossless) and visit positions its greedy answer does not; at T = 1 with no
+top-k / top-p the p the verification used is the target's softmax, the distillation target.
+
 Prompt positions (optional, training only): one teacher-forced target pass over the prompt gives p
 at the prompt's own positions, which cost no generation at all. Positions whose next token lies in
 the prefix every prompt of the task shares (chat template, system prompt) teach nothing
@@ -86,33 +92,54 @@ def topk_of_probs(probs: torch.Tensor, k: int, vocab: int) -> tuple[torch.Tensor
     return top.indices.cpu(), top.values.cpu()
 
 
-def make_data(engine, id_lists: list[list[int]], max_new_tokens: int, max_prompt_tokens: int,
-              topk: int, gen_batch: int, vocab: int, label: str) -> tuple[list[Sequence], int]:
-    """Target continuations (via ``engine``, a draft > target SpecRouter) and the target's top-K there.
-
-    Returns (sequences, number of prompts skipped for being longer than ``max_prompt_tokens``)."""
-    keep = [x for x in id_lists if len(x) <= max_prompt_tokens]
-    skipped = len(id_lists) - len(keep)
+def generate_targets(engine, id_lists: list[list[int]], params: list[SamplingParams], topk: int, gen_batch: int,
+                     vocab: int, label: str) -> list[Sequence]:
+    """The target's continuation of each prompt (via ``engine``, a draft > target SpecRouter; params
+    greedy or at temperature 1 with no top-k / top-p, so that the recorded p is softmax at T = 1)
+    with its top-K at every continuation position. Empty continuations are dropped."""
+    assert all(sp.greedy or (sp.temperature == 1.0 and not sp.top_k and sp.top_p == 1.0) for sp in params)
     out: list[Sequence] = []
     t0 = time.perf_counter()
-    for i in range(0, len(keep), gen_batch):
-        batch = keep[i:i + gen_batch]
+    for i in range(0, len(id_lists), gen_batch):
+        batch = id_lists[i:i + gen_batch]
         got: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {j: [] for j in range(len(batch))}
 
         def record(j: int, probs: torch.Tensor) -> None:  # [n_new, V]: the verifier's p, softmax at T = 1
             got[j].append(topk_of_probs(probs, topk, vocab))
 
-        gens = engine.generate_ids(batch, SamplingParams(max_new_tokens=max_new_tokens), on_target_probs=record)
+        gens = engine.generate_ids(batch, params[i:i + gen_batch], on_target_probs=record)
         for j, (ids, g) in enumerate(zip(batch, gens)):
             if not g.tokens:
                 continue
             idx, p = torch.cat([t[0] for t in got[j]]), torch.cat([t[1] for t in got[j]])
             assert len(idx) == len(g.tokens), (len(idx), len(g.tokens))
             out.append(Sequence(list(ids) + list(g.tokens), len(ids), idx, p))
-        done = min(i + gen_batch, len(keep))
+        done = min(i + gen_batch, len(id_lists))
         el = time.perf_counter() - t0
-        _log(f"{label}: target outputs {done}/{len(keep)} ({el:.0f}s, ~{el / done * (len(keep) - done):.0f}s left)")
-    return out, skipped
+        _log(f"{label}: target outputs {done}/{len(id_lists)} ({el:.0f}s, "
+             f"~{el / done * (len(id_lists) - done):.0f}s left)")
+    return out
+
+
+def make_data(engine, id_lists: list[list[int]], max_new_tokens: int, max_prompt_tokens: int,
+              topk: int, gen_batch: int, vocab: int, label: str) -> tuple[list[Sequence], int]:
+    """The target's greedy continuations and its top-K there (``generate_targets``).
+
+    Returns (sequences, number of prompts skipped for being longer than ``max_prompt_tokens``)."""
+    keep = [x for x in id_lists if len(x) <= max_prompt_tokens]
+    params = [SamplingParams(max_new_tokens=max_new_tokens)] * len(keep)
+    return generate_targets(engine, keep, params, topk, gen_batch, vocab, label), len(id_lists) - len(keep)
+
+
+def sampled_data(engine, seqs: list[Sequence], n: int, max_new_tokens: int, topk: int, gen_batch: int,
+                 vocab: int, key: str, label: str) -> list[Sequence]:
+    """``n`` more continuations of each sequence's prompt, sampled from the target at temperature 1
+    (the chain is lossless, so they are exact samples of p), seeded by ``key``, the sequence and j."""
+    prompts = [s.ids[:s.n_prompt] for s in seqs for _ in range(n)]
+    params = [SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens,
+                             seed=random.Random(f"{key}:{i}:{j}").getrandbits(31))
+              for i in range(len(seqs)) for j in range(n)]
+    return generate_targets(engine, prompts, params, topk, gen_batch, vocab, label)
 
 
 def shared_prefix(seqs: list[Sequence]) -> int:
