@@ -19,9 +19,9 @@ gives s -> 0. The next length is
     k = k_lo + round((k_hi - k_lo) * s)
 
 Warm-up: the first ``warmup`` verifications of a request draft k_0 tokens and record how many were
-accepted; then the request's bounds are k_lo = min_len and k_hi = clip(max accepted during warm-up +
-2, min_len, max_len). k_0 is ``initial`` for the first request a policy sees, afterwards the running
-mean (weight 0.3 on the newest) of the k_hi that finished requests ended with: a server learns what
+accepted; then the request's bounds are k_lo = min_len and
+k_hi = clip(max accepted during warm-up + 2, min_len, max_len). k_0 is ``initial`` for the first
+request a policy sees, afterwards the running mean (weight 0.3 on the newest) of the k_hi that finished requests ended with: a server learns what
 its drafts sustain, and a request does not spend its warm-up at k = 4 when the pair sustains 10
 (measured on AVX2 with a w8a8 copy of the target, ~0.96 per-token acceptance, fixed:8 beat a warm-up
 from 4 by 4 %, results/specbench-1pc-128tok-avx2-policies.*). Afterwards k_hi grows by one whenever
