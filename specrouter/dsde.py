@@ -21,15 +21,16 @@ gives s -> 0. The next length is
 Warm-up: the first ``warmup`` verifications of a request draft k_0 tokens and record how many were
 accepted; then the request's bounds are k_lo = min_len and
 k_hi = clip(max accepted during warm-up + 2, min_len, max_len). k_0 is ``initial`` for the first
-request a policy sees, afterwards the running mean (weight 0.3 on the newest) of the k_hi that finished requests ended with: a server learns what
-its drafts sustain, and a request does not spend its warm-up at k = 4 when the pair sustains 10
-(measured on AVX2 with a w8a8 copy of the target, ~0.96 per-token acceptance, fixed:8 beat a warm-up
-from 4 by 4 %, results/specbench-1pc-128tok-avx2-policies.*). Afterwards k_hi grows by one whenever
-a request accepts a whole draft of the length this rule proposed (the request is easier than warm-up
-showed), so a moderately stable region (s < 1, k < k_hi) can still raise it. Growth by one is
-deliberate: geometric growth (k_hi + ceil(k_hi / 2)) recovered a hard answer start one step sooner
-(qa trace: 6 steps vs 7, fixed:8 5), but raised the mean draft to 9.2 tokens on a pair where
-fixed:12 ran 10 % slower than fixed:8 (results/specbench-1pc-128tok-avx2-policies-geomgrow.*).
+request a policy sees, afterwards the running mean (weight 0.3 on the newest) of the k_hi that
+finished requests ended with: a server learns what its drafts sustain, and a request does not spend
+its warm-up at k = 4 when the pair sustains 10 (measured on AVX2 with a w8a8 copy of the target,
+~0.96 per-token acceptance, fixed:8 beat a warm-up from 4 by 4 %,
+results/specbench-1pc-128tok-avx2-policies.*). Afterwards k_hi grows by one whenever a request
+accepts a whole draft of the length this rule proposed (the request is easier than warm-up showed),
+so a moderately stable region (s < 1, k < k_hi) can still raise it. Growth by one is deliberate:
+geometric growth (k_hi + ceil(k_hi / 2)) recovered a hard answer start one step sooner (qa trace: 6
+steps vs 7, fixed:8 5), but raised the mean draft to 9.2 tokens on a pair where fixed:12 ran 10 %
+slower than fixed:8 (results/specbench-1pc-128tok-avx2-policies-geomgrow.*).
 Rows drafted by the n-gram level have no KL (q is one-hot); their signal is TVD = 1 - p(x).
 """
 
