@@ -5,16 +5,20 @@ import sys, time, torch
 torch.set_num_threads(2)
 from specrouter.api import SpecRouter
 from specrouter.bench.spec_bench import load_prompts
-from specrouter.tasks.data import make_data, target_logits
+from specrouter.tasks.data import make_data, sampled_data, target_logits
 from specrouter.tasks.distill import topk_targets
 
 cats = sys.argv[1].split(",") if len(sys.argv) > 1 else ["writing", "math", "translation", "qa"]
+n_samples = int(sys.argv[2]) if len(sys.argv) > 2 else 0  # > 0: check sampled_data (T = 1) instead
 sr = SpecRouter.from_chain("1.5b@w8a8>1.5b", dtype="fp32", progress=False, spec_len="fixed:8", max_batch=1)
 target = sr.engine.target.model
 vocab = target.args.vocab_size
 ids = [sr.encode_prompt(p.text) for p in load_prompts("../shared/bench/spec_bench_question.jsonl", cats, 1)]
 t0 = time.perf_counter()
-seqs, _ = make_data(sr, ids, 128, 2048, 64, 1, vocab, "check")
+seqs, _ = make_data(sr, ids, 128 if not n_samples else 1, 2048, 64, 1, vocab, "check")
+if n_samples:  # the sampled continuations' p are the rejection sampler's, at T = 1
+    t0 = time.perf_counter()
+    seqs = sampled_data(sr, seqs, n_samples, 128, 64, 1, vocab, "check", "check samples")
 t_gen = time.perf_counter() - t0
 t_tf, top1, dmax, n = 0.0, 0, 0.0, 0
 for s in seqs:
