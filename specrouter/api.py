@@ -128,6 +128,14 @@ class SpecRouter:
             # probing now and then) is a length too: a row whose draft stopped paying stops drafting
             self.router = self._adaptive_router(pool, max_batch, None, ngram, 0.0, progress,
                                                 [tuple(levels), (levels[-1],)])
+        elif spec_len is not None and spec_len.endswith("+cost"):
+            # a band-aware policy (dsde+cost) on this one chain: the adaptive router, restricted to
+            # it and not exploring, supplies the profiled cost band; the policy picks k inside it
+            policy = parse_length_policy(spec_len.removesuffix("+cost"))
+            if not hasattr(policy, "set_band") or len(levels) < 2:
+                raise ValueError(f"{spec_len!r}: '+cost' needs a drafting chain and a band-aware policy (dsde)")
+            self.router = self._adaptive_router(pool, max_batch, None, ngram, 0.0, progress, [tuple(levels)])
+            self.router.policy = policy
         else:
             policy = parse_length_policy(spec_len or "heuristic") if len(levels) > 1 else FixedLength(0)
             self.router = FixedRouter(tuple(levels), policy)

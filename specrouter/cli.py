@@ -297,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--pool", default=None, help=POOL_HELP)
     g.add_argument("--spec-len", default=None,
-                   help="top draft length policy: fixed:K, heuristic (default for a fixed chain); "
-                        "under --chain auto the router's cost model decides unless this is given")
+                   help="top draft length policy: fixed:K, heuristic (default for a fixed chain), entropy, dsde, "
+                        "dsde+cost (dsde within the profiled cost band), costmodel; under --chain auto the "
+                        "router's cost model decides unless this is given")
     g.add_argument("--quant", default="dense", help=QUANT_HELP)
     from .tasks.cli import add_parsers as add_task_parsers, add_route_options
 
@@ -320,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated chains with the same target; 'auto' = adaptive router over --pool")
     b.add_argument("--pool", default=None, help=POOL_HELP)
     b.add_argument("--spec-len", default="auto",
-                   help="comma-separated length policies: fixed:K, heuristic, entropy, dsde, costmodel; "
+                   help="comma-separated length policies: fixed:K, heuristic, entropy, dsde, dsde+cost, costmodel; "
                         "'auto' = heuristic for fixed chains, the router's cost model for 'auto'; a '+nocap' "
                         "suffix turns off the batch cap")
     b.add_argument("--temperature", type=float, default=0.0,
@@ -378,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-seq-len", type=int, default=4096, help="context per row, prompt + output")
     s.add_argument("--pool", default=None, help=POOL_HELP)
     s.add_argument("--quant", default="dense", help=QUANT_HELP)
-    s.add_argument("--spec-len", default=None, help="fixed:K or heuristic (default: the chain's own policy)")
+    s.add_argument("--spec-len", default=None,
+                   help="fixed:K, heuristic, entropy, dsde, dsde+cost or costmodel (default: the chain's own policy)")
     s.add_argument("--no-batch-cap", action="store_true",
                    help="let each row draft its own length regardless of the batch; with a fixed chain this makes "
                         "seeded sampling reproducible under any concurrent load")

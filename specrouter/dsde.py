@@ -32,6 +32,19 @@ geometric growth (k_hi + ceil(k_hi / 2)) recovered a hard answer start one step 
 steps vs 7, fixed:8 5), but raised the mean draft to 9.2 tokens on a pair where fixed:12 ran 10 %
 slower than fixed:8 (results/specbench-1pc-128tok-avx2-policies-geomgrow.*).
 Rows drafted by the n-gram level have no KL (q is one-hot); their signal is TVD = 1 - p(x).
+
+Cost band (``dsde+cost``, and ``dsde`` under the adaptive router): the router, which has the
+profiled forward costs and the row's acceptance estimate, hands the policy before each proposal the
+band [b_lo, b_hi] of lengths whose predicted seconds per token lie within a slack of the best
+(``router/latency.py``: ``length_band``). The rule then moves within it:
+
+    lo = max(min_len, b_lo),   hi = max(lo, min(k_hi, b_hi)),   k = lo + round((hi - lo) * s)
+
+and warm-up drafts clip(k_0, b_lo, b_hi). Why: a divergence signal does not know what a drafted
+token costs. On a near-perfect draft (a w8a8 copy of the target, acceptance ~0.96) the rejections
+are near-ties, a KL spike sends k to min_len and each short step pays a whole target pass for a few
+tokens, and a hard warm-up leaves k_hi at 5 where the costs favour 7-12; with a weak draft the band
+moves down instead, and stability picks the point inside it.
 """
 
 from __future__ import annotations
@@ -90,7 +103,13 @@ class DSDELength:
         assert row == len(self.rows), "rows are added at the end"
         k0 = self.start_length()
         self.rows.append({"kl": deque(maxlen=self.history), "seen": 0, "acc": [], "hi": self.max_len,
-                          "k0": k0, "k": k0})
+                          "k0": k0, "k": k0, "band": None})
+
+    def set_band(self, row: int, b_lo: int, b_hi: int) -> None:
+        """The cost band for row ``row``'s next proposal (see the module docstring)."""
+        if not 1 <= b_lo <= b_hi:
+            raise ValueError(f"need 1 <= b_lo <= b_hi, got {b_lo}, {b_hi}")
+        self.rows[row]["band"] = (b_lo, b_hi)
 
     def remove_row(self, row: int, last: int) -> None:
         done = self.rows[row]
@@ -102,11 +121,17 @@ class DSDELength:
 
     def propose(self, row: int) -> int:
         st = self.rows[row]
+        band = st["band"]
         if st["seen"] < self.warmup:
-            st["k"] = st["k0"]
+            k = st["k0"] if band is None else min(max(st["k0"], band[0]), band[1])
+            st["k"] = min(max(k, self.min_len), self.max_len)  # the request's own bounds hold
             return st["k"]
         s = stability(list(st["kl"]), self.rho, self.window, self.kappa)
-        st["k"] = length_from_stability(s, self.min_len, st["hi"])
+        lo, hi = self.min_len, st["hi"]
+        if band is not None:
+            lo = min(max(lo, band[0]), self.max_len)
+            hi = max(lo, min(hi, band[1]))
+        st["k"] = length_from_stability(s, lo, hi)
         return st["k"]
 
     def observe(self, row: int, fb: PairFeedback) -> None:

@@ -170,7 +170,7 @@ class SpeculativeEngine:
         qs: dict[int, torch.Tensor | None] = {b: None for b in range(B)}
         for name, gb in groups.items():
             t, q = draft(self.pool, name, gb, committed, k, plans, params, gens, self.router.observe,
-                         self.target_name, caps)
+                         self.target_name, caps, self.eos_ids)
             tokens.update(t)
             qs.update(q)
         lowers = [plans[b].chain[-2] if tokens[b] else None for b in range(B)]

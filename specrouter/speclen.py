@@ -6,7 +6,9 @@
 * ``entropy``   — AdaEDL-style early stop: draft up to max_len, but stop before a token whose draft
                   distribution has entropy H with 1 - sqrt(gamma * H) < lambda, i.e. whose lower
                   bound on acceptance is too low (cap: H > (1 - lambda)^2 / gamma).
-* ``dsde``      — KL-divergence stability (see ``dsde.py``).
+* ``dsde``      — KL-divergence stability (see ``dsde.py``); ``dsde+cost`` moves it within the
+                  band of lengths the router's profiled costs allow (built by the API layer; under
+                  the adaptive router ``dsde`` always gets the band).
 * ``costmodel`` — the router's closed-form choice for the chain (built by the API layer: the
                   adaptive router restricted to one candidate chain).
 
@@ -111,5 +113,5 @@ def parse_length_policy(spec: str):
         return EntropyLength(*([int(nums[0])] + nums[1:] if nums else []))
     if kind == "dsde":
         return DSDELength(*map(int, nums))
-    raise ValueError(f"unknown speculation-length policy {spec!r}; use fixed:K, heuristic, entropy, dsde "
-                     f"or costmodel")
+    raise ValueError(f"unknown speculation-length policy {spec!r}; use fixed:K, heuristic, entropy, dsde, "
+                     f"dsde+cost or costmodel")

@@ -147,12 +147,15 @@ def entropy(probs: torch.Tensor) -> float:
 
 def draft(pool: dict, name: str, rows: list[int], seqs: list[list[int]], k: dict[int, int],
           plans: list[Plan], params: list[SamplingParams], gens: list[torch.Generator],
-          sink: Sink | None, upper: str,
-          entropy_cap: dict[int, float] | None = None) -> tuple[dict[int, list[int]], dict[int, torch.Tensor | None]]:
+          sink: Sink | None, upper: str, entropy_cap: dict[int, float] | None = None,
+          eos_ids: frozenset[int] = frozenset()) -> tuple[dict[int, list[int]], dict[int, torch.Tensor | None]]:
     """Level ``name`` proposes k[b] tokens continuing seqs[b] for each b in rows, for level ``upper``.
 
     entropy_cap[b] (AdaEDL-style early stop): while this level drafts token by token, a token whose
     distribution has entropy above the cap is dropped and row b stops drafting (at least one stays).
+    eos_ids: a row (unless it ignores EOS) stops drafting after an end-of-sequence token: whatever
+    is drafted past it is never committed (accepted, the EOS ends the row; rejected, so is all after
+    it), so those tokens would only cost drafting and verification width.
     Returns (tokens, q) per row; q[b] is [len(tokens[b]), V] (this level's distributions) or None
     for the n-gram level (one-hot).
     """
@@ -185,7 +188,7 @@ def draft(pool: dict, name: str, rows: list[int], seqs: list[list[int]], k: dict
         low_q: dict[int, torch.Tensor | None] = {b: None for b in need}
         low_of = {}
         for low, gb in groups.items():
-            t, q = draft(pool, low, gb, work, k_low, plans, params, gens, sink, name)
+            t, q = draft(pool, low, gb, work, k_low, plans, params, gens, sink, name, eos_ids=eos_ids)
             low_tok.update(t)
             low_q.update(q)
             low_of.update({b: low for b in gb})
@@ -198,9 +201,14 @@ def draft(pool: dict, name: str, rows: list[int], seqs: list[list[int]], k: dict
                     entropy(res.q_up[i][-1]) > entropy_cap[b]:
                 k[b] = len(acc[b])  # too uncertain to be worth verifying: stop before this token
                 continue
-            acc[b] += low_tok[b][:n] + [res.nxt[i]]
+            new = low_tok[b][:n] + [res.nxt[i]]
+            acc[b] += new
             qacc[b].append(res.q_up[i])
             work[b] = seqs[b] + acc[b]
+            if eos_ids and not params[b].ignore_eos:
+                end = next((j for j, t in enumerate(new) if t in eos_ids), None)
+                if end is not None:  # stop after the EOS (the return cuts acc and q to k[b])
+                    k[b] = min(k[b], len(acc[b]) - len(new) + end + 1)
         for low in groups:
             if low != NGRAM:
                 pool[low].sync(work)

@@ -153,3 +153,23 @@ def test_entropy_policy_stops_early_on_uncertain_drafts():
     lax = make_engine(["d", "t"], EntropyLength(max_len=8, gamma=1e-6, lam=0.0), eos=frozenset())
     g2 = lax.generate([PROMPTS[1]], params)[0]
     assert g2.stats.drafted > 2 * g2.stats.steps  # no cap in reach: full drafts of up to 8
+
+
+def test_drafting_stops_after_an_eos_token():
+    """A draft that proposes EOS drafts nothing after it (never committed); output unchanged."""
+    from test_engine import T
+
+    probe = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    seq = target_only([PROMPTS[1]], probe)[0]
+    eos = seq[3]  # make the target's 4th token the end of sequence
+    end = seq.index(eos)
+    params = SamplingParams(max_new_tokens=12)
+    ref = make_engine(["t"], eos=frozenset([eos])).generate([PROMPTS[1]], params)[0]
+    assert ref.tokens == seq[:end + 1]
+    eng = make_engine(["d", "t"], FixedLength(8), eos=frozenset([eos]), mods={"t": T, "d": T})  # a perfect draft
+    g = eng.generate([PROMPTS[1]], params)[0]
+    assert g.tokens == ref.tokens
+    assert g.stats.steps == 1 and g.stats.drafted == end + 1  # not 8: it stopped at the EOS
+    on = make_engine(["d", "t"], FixedLength(8), eos=frozenset([eos]), mods={"t": T, "d": T})
+    g2 = on.generate([PROMPTS[1]], SamplingParams(max_new_tokens=12, ignore_eos=True))[0]
+    assert g2.tokens == seq and g2.stats.drafted > end + 1  # a row that ignores EOS drafts on

@@ -15,6 +15,8 @@ plan(slot):    for every candidate chain (each ordered sub-path of the pool that
                dipped (say, a passage the draft cannot follow) would never learn that it recovered.
                Each probe that does not win the row back doubles the row's wait for the next
                (at most 8x).
+               A length policy that overrides the top draft length and takes a cost band (dsde)
+               gets, first, the lengths whose predicted tau is within ``band_slack`` of the best.
 observe(fb):   feed pair feedback to the similarity estimates (and to a length policy, if one
                overrides the top draft length).
 observe_step:  log (request, chain, predicted, realized seconds/token) for accuracy reports.
@@ -27,7 +29,7 @@ import random
 from collections import defaultdict
 
 from ..speculate import NGRAM, PairFeedback, Plan, RowContext
-from .latency import chain_latency
+from .latency import chain_latency, length_band, top_pair_curve
 from .profiler import Profiler
 from .similarity import Similarity
 
@@ -45,11 +47,12 @@ def candidate_chains(pool: tuple[str, ...]) -> list[tuple[str, ...]]:
 class AdaptiveRouter:
     def __init__(self, pool: tuple[str, ...], profiler: Profiler, similarity: Similarity,
                  candidates: list[tuple[str, ...]] | None = None, explore: float = 0.05, k_max: int = 12,
-                 length_policy=None, seed: int = 0, probe_every: int = 8):
+                 length_policy=None, seed: int = 0, probe_every: int = 8, band_slack: float = 0.05):
         self.pool, self.profiler, self.sim = tuple(pool), profiler, similarity
         self.candidates = candidates or candidate_chains(self.pool)
         self.explore, self.k_max, self.policy = explore, k_max, length_policy
         self.probe_every = probe_every
+        self.band_slack = band_slack  # a band-aware length policy may use k within this of the best tau
         self.alone: list[int] = []  # per row: consecutive steps decoded by the target alone
         self.gap: list[int] = []  # per row: alone-steps before the next probe (doubles per probe)
         self.rng = random.Random(seed)
@@ -101,6 +104,7 @@ class AdaptiveRouter:
         return s / max(1, ctx.budget)
 
     def plan(self, slot: int, ctx: RowContext | None = None) -> Plan:
+        B = max(1, self.n_rows)
         scored = []
         for c in self.candidates_for(slot):
             tau, ks = self.predict(c, slot)
@@ -117,6 +121,11 @@ class AdaptiveRouter:
             self.gap[slot] = self.probe_every
         self.alone[slot] = self.alone[slot] + 1 if len(chain) == 1 else 0
         if self.policy is not None and len(chain) > 1:
+            if hasattr(self.policy, "set_band"):  # a policy that moves within the cost band (dsde)
+                curve = top_pair_curve(chain, lambda lv, T: self.profiler.cost(lv, B, T),
+                                       lambda lo, up: self.sim.alpha(lo, up, slot),
+                                       lambda up: self.sim.match_rate(up, slot), self.k_max)
+                self.policy.set_band(slot, *length_band(curve, self.band_slack))
             ks = ks[:-1] + (self.policy.propose(slot),)
         plan = Plan(chain, ks, tau)
         self.current[slot] = plan
