@@ -44,7 +44,11 @@ and warm-up drafts clip(k_0, b_lo, b_hi). Why: a divergence signal does not know
 token costs. On a near-perfect draft (a w8a8 copy of the target, acceptance ~0.96) the rejections
 are near-ties, a KL spike sends k to min_len and each short step pays a whole target pass for a few
 tokens, and a hard warm-up leaves k_hi at 5 where the costs favour 7-12; with a weak draft the band
-moves down instead, and stability picks the point inside it.
+moves down instead, and stability picks the point inside it. Measured on AVX2 (one run each, 1 prompt
+per category): at batch 1 neutral (1.40x vs plain dsde 1.41x, fixed:8 1.45x,
+results/specbench-1pc-128tok-avx2-dsde-cost.*), since at alpha ~0.96 the i.i.d. band spans ~7-12 and
+after a hard start it follows the row's low realized alpha down; at batch 8, where verifying 8 rows
+is not free, 1.56x vs fixed:8 1.38x (results/specbench-1pc-128tok-avx2-batch8-dsde-cost.*).
 """
 
 from __future__ import annotations
