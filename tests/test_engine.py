@@ -184,3 +184,24 @@ def test_sampled_output_follows_target_when_rows_switch_between_drafting_and_not
     outs = torch.tensor([g.tokens[0] * V + g.tokens[1] for g in gens])
     assert sum(g.stats.accepted for g in gens) > n // 10
     assert chi_square_pvalue(torch.bincount(outs, minlength=V * V), joint) > 1e-3
+
+
+def test_sampled_output_follows_target_distribution_when_drafts_stop_at_eos():
+    """Drafting stops after a drafted EOS; sampled answers that end there still follow p exactly."""
+    V = 8
+    t, d = models(vocab=V, noise=0.1, layers=1)
+    prompt = [1, 2, 3, 1, 2, 3, 1, 2]
+    params = SamplingParams(temperature=1.0, max_new_tokens=4)  # budget for 3 drafts in the first step
+    joint = _exact_joint(t, prompt, params)  # of the first two tokens
+    eos = int(joint.sum(1).argsort()[-2])  # a likely first token: many answers end right there
+    exp = joint.clone()
+    exp[eos, 0], exp[eos, 1:] = joint[eos].sum(), 0.0  # an answer that starts with EOS is just (eos,)
+    eng = make_engine(["d", "t"], FixedLength(3), eos=frozenset([eos]), max_batch=64, mods={"t": t, "d": d},
+                      vocab=V, max_seq_len=64)
+    n = 4000
+    gens = eng.generate([prompt] * n, [SamplingParams(**{**params.__dict__, "seed": i}) for i in range(n)])
+    outs = torch.tensor([g.tokens[0] * V + (g.tokens[1] if len(g.tokens) > 1 else 0) for g in gens])
+    assert sum(g.tokens == [eos] for g in gens) > n // 20
+    # an answer the draft ended at its first token: 1 drafted, not 3 (drafting stopped at the EOS)
+    assert sum(g.tokens == [eos] and g.stats.drafted == 1 for g in gens) > n // 100
+    assert chi_square_pvalue(torch.bincount(outs, minlength=V * V), exp.flatten()) > 1e-3
