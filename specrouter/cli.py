@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "dsde+cost (dsde within the profiled cost band), costmodel; under --chain auto the "
                         "router's cost model decides unless this is given")
     g.add_argument("--quant", default="dense", help=QUANT_HELP)
+    from .bench.replay import add_parser as add_replay_parser
     from .tasks.cli import add_parsers as add_task_parsers, add_route_options
 
     add_route_options(g)
@@ -399,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(bl)
     bl.set_defaults(fn=cmd_bench_load)
     add_task_parsers(sub, common)  # tasks fit|eval, align
+    add_replay_parser(sub)  # replay: length policies scored on recorded greedy traces
     return p
 
 

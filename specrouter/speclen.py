@@ -96,22 +96,52 @@ class EntropyLength:
         pass
 
 
+def _keywords(cls, spec: str, items: list[str]) -> dict:
+    """``name=value`` items as keyword arguments of ``cls``, each cast to its default's type."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in params or name == "self":
+            raise ValueError(f"{spec!r}: {cls.__name__} has no parameter {name!r}; "
+                             f"it takes {', '.join(p for p in params if p != 'self')}")
+        kind = type(params[name].default)
+        try:
+            out[name] = kind(float(value)) if kind is int else kind(value)
+        except ValueError:
+            raise ValueError(f"{spec!r}: {name}={value!r} is not a number") from None
+        if kind is int and out[name] != float(value):
+            raise ValueError(f"{spec!r}: {name} must be an integer, got {value!r}")
+    return out
+
+
 def parse_length_policy(spec: str):
-    """'fixed:K' | 'heuristic[:INITIAL:MIN:MAX]' | 'entropy[:MAX:GAMMA:LAMBDA]' | 'dsde[:MIN:MAX]'."""
+    """'fixed:K' | 'heuristic[:INITIAL:MIN:MAX]' | 'entropy[:MAX:GAMMA:LAMBDA]' | 'dsde[:MIN:MAX]'.
+
+    After the positional numbers, ``name=value`` items set any other constructor parameter
+    (``dsde:1:12:kappa=1.0:window=16``), so a policy's constants can be tried from the command line.
+    """
     kind, _, rest = spec.partition(":")
     if kind == "fixed":
         if not rest.isdigit():
             raise ValueError(f"--spec-len fixed needs an integer, e.g. fixed:4 (got {spec!r})")
         return FixedLength(int(rest))
+    items = rest.split(":") if rest else []
+    named = [x for x in items if "=" in x]
+    if any("=" in x for x in items[:len(items) - len(named)]):
+        raise ValueError(f"{spec!r}: positional numbers come before name=value items")
     try:
-        nums = [float(x) for x in rest.split(":")] if rest else []
+        nums = [float(x) for x in items[:len(items) - len(named)]]
     except ValueError:
         raise ValueError(f"bad numbers in speculation-length policy {spec!r}") from None
-    if kind == "heuristic":
-        return HeuristicLength(*map(int, nums))
+    cls = {"heuristic": HeuristicLength, "entropy": EntropyLength, "dsde": DSDELength}.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown speculation-length policy {spec!r}; use fixed:K, heuristic, entropy, dsde, "
+                         f"dsde+cost or costmodel")
+    kw = _keywords(cls, spec, named)
     if kind == "entropy":
-        return EntropyLength(*([int(nums[0])] + nums[1:] if nums else []))
-    if kind == "dsde":
-        return DSDELength(*map(int, nums))
-    raise ValueError(f"unknown speculation-length policy {spec!r}; use fixed:K, heuristic, entropy, dsde, "
-                     f"dsde+cost or costmodel")
+        return cls(*([int(nums[0])] + nums[1:] if nums else []), **kw)
+    return cls(*map(int, nums), **kw)

@@ -115,6 +115,16 @@ def test_heuristic_and_parse():
             parse_length_policy(bad)
 
 
+def test_length_policy_constants_by_name():
+    d = parse_length_policy("dsde:2:16:kappa=1.5:window=4")
+    assert (d.min_len, d.max_len, d.kappa, d.window) == (2, 16, 1.5, 4) and isinstance(d.window, int)
+    assert parse_length_policy("dsde:rho=0.9").rho == 0.9 and parse_length_policy("dsde").rho == 0.7
+    for bad, why in (("dsde:kappa=x", "not a number"), ("dsde:foo=1", "no parameter 'foo'"),
+                     ("dsde:window=2.5", "must be an integer"), ("dsde:kappa=1:4", "positional numbers come before")):
+        with pytest.raises(ValueError, match=why):
+            parse_length_policy(bad)
+
+
 class Spread(FixedLength):
     """Row 0 asks for 12 drafts, every other row for 1: a straggler."""
 
