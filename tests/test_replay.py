@@ -162,6 +162,10 @@ def test_replay_cli_records_then_reuses_traces(tiny_dir, tmp_path, capsys):
     argv = ["replay", "--prompts", str(prompts), "--per-category", "2", "--chain",
             f"{tiny_dir / 'draft'}>{tiny_dir / 'target'}", "--spec-len", "fixed:2,dsde", "--max-new-tokens", "16",
             "--traces", str(traces), "--dtype", "fp32"]
+    for bad, why in ((["--chain", "ngram>x"], "a drafter model and the target"),
+                     (["--spec-len", "fixed:2,nope"], "unknown speculation-length policy")):
+        assert main(argv + bad) == 2  # argparse: the later flag wins
+        assert why in capsys.readouterr().err and not traces.exists()
     assert main(argv) == 0
     first = capsys.readouterr()
     assert "recording 3 greedy traces" in first.err and traces.exists()

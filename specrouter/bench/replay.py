@@ -272,12 +272,17 @@ def add_parser(sub) -> None:
 def cmd_replay(a) -> int:
     from collections import defaultdict
 
-    from ..api import SpecRouter
+    from ..api import SpecRouter, parse_chain
     from ..drafters.model_level import ModelLevel
     from .spec_bench import load_prompts
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    levels = parse_chain(a.chain)
+    if len(levels) != 2 or NGRAM in levels:  # before loading anything
+        raise ValueError(f"replay needs a drafter model and the target ('draft>target'), got {a.chain!r}")
+    for s in a.spec_len.split(","):
+        _max_len(s)  # an unknown policy fails now, not after recording
     prompts = load_prompts(a.prompts, a.categories.split(",") if a.categories else None, a.per_category)
     sr = SpecRouter.from_chain(a.chain, dtype=a.dtype, spec_len="fixed:8", max_batch=1)
     meta = trace_meta(a.chain, a.dtype, a.max_new_tokens, prompts)
