@@ -26,7 +26,8 @@ the winner.
 An entropy stop (``entropy``) replays from the drafter's teacher-forced entropies, exactly up to
 the first rejected position; past it the replay assumes no stop (at most a few drafted tokens more).
 
-Boundary: one drafter model under the target (two-level chains), batch 1, greedy. Sampling, batches and deeper chains are what the engine's bench measures.
+Boundary: one drafter model under the target (two-level chains), batch 1, greedy. Sampling,
+batches and deeper chains are what the engine's bench measures.
 """
 
 from __future__ import annotations
@@ -138,15 +139,17 @@ def replay(trace: Trace, router, chain: tuple[str, str], cost, max_new_tokens: i
     while t < n:
         plan = router.plan(0, None)
         k = min(plan.ks[-1], max(0, max_new_tokens - t - 1)) if len(plan.chain) > 1 else 0
-        acc = 0  # the run of agreements from t, stopping after an accepted EOS
-        while acc < k and trace.draft_tok[t + acc] == toks[t + acc]:
+        # acc: the run of agreements from t, stopping after an accepted EOS (t + acc < n: a row that
+        # ended at the context length has fewer tokens than its budget)
+        acc = 0
+        while acc < k and t + acc < n and trace.draft_tok[t + acc] == toks[t + acc]:
             acc += 1
             if toks[t + acc - 1] in eos_ids:
                 break
         d = k
         if acc and toks[t + acc - 1] in eos_ids:
             d = acc  # drafting stopped after the drafted (and accepted) EOS
-        elif acc < k and trace.draft_tok[t + acc] in eos_ids:
+        elif acc < k and t + acc < n and trace.draft_tok[t + acc] in eos_ids:
             d = acc + 1  # the drafter proposed EOS where the target did not: it stopped there
         cap = router.entropy_cap(0)
         if cap is not None:  # the engine drops the first token (after the first) with H(q) > cap
