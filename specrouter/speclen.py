@@ -18,6 +18,8 @@ engine's admission and compaction of rows.
 
 from __future__ import annotations
 
+import inspect
+
 from .dsde import DSDELength
 from .speculate import PairFeedback
 
@@ -98,8 +100,6 @@ class EntropyLength:
 
 def _keywords(cls, spec: str, items: list[str]) -> dict:
     """``name=value`` items as keyword arguments of ``cls``, each cast to its default's type."""
-    import inspect
-
     params = inspect.signature(cls.__init__).parameters
     out = {}
     for item in items:

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from ..sampling import SamplingParams
-from ..speculate import NGRAM, PairFeedback
+from ..speculate import NGRAM, PairFeedback, _signals
 
 
 @dataclass
@@ -85,9 +85,7 @@ def _teacher_forced(sr, prompt: list[int], tokens: list[int]) -> tuple[torch.Ten
 
 def record(sr, prompts, max_new_tokens: int, progress: bool = True) -> list[Trace]:
     """Greedy traces of ``sr``'s two-level chain (drafter, target) on ``prompts`` (BenchPrompts)."""
-    levels = [x for x in sr.levels]
-    if len(levels) != 2 or NGRAM in levels:
-        raise ValueError(f"replay records a drafter model under the target, got chain {'>'.join(levels)}")
+    _check_pair(sr.levels)
     out = []
     for n, p in enumerate(prompts, 1):
         t0 = time.perf_counter()
@@ -96,21 +94,26 @@ def record(sr, prompts, max_new_tokens: int, progress: bool = True) -> list[Trac
         if g.finish_reason not in ("stop", "length"):
             raise ValueError(f"prompt {p.qid}: finished by {g.finish_reason!r}; replay needs EOS or the token budget")
         lq, lp = _teacher_forced(sr, ids, g.tokens)  # [n, V] each
-        if lp.argmax(-1).tolist() != g.tokens:  # numerics of one long pass vs incremental decoding
-            agree = sum(int(a == b) for a, b in zip(lp.argmax(-1).tolist(), g.tokens))
+        top = lp.argmax(-1).tolist()
+        if top != g.tokens:  # numerics of one long pass vs incremental decoding
+            agree = sum(int(a == b) for a, b in zip(top, g.tokens))
             print(f"  note: {p.qid}: teacher-forced target argmax = generated at {agree}/{len(g.tokens)}",
                   file=sys.stderr)
-        q, pp = lq.softmax(-1), lp.softmax(-1)
-        kl = (pp * (pp.clamp_min(1e-10).log() - q.clamp_min(1e-10).log())).sum(-1)
-        tvd = 0.5 * (pp - q).abs().sum(-1)
+        q = lq.softmax(-1)
+        tvd, kl = _signals(lp.softmax(-1), q, g.tokens, len(g.tokens))  # the engine's own formulas
         ent = -(q * q.clamp_min(1e-10).log()).sum(-1)
-        out.append(Trace(p.qid, p.category, list(g.tokens), lq.argmax(-1).tolist(), kl.tolist(), tvd.tolist(),
+        out.append(Trace(p.qid, p.category, list(g.tokens), lq.argmax(-1).tolist(), kl, tvd,
                          g.finish_reason, ent.tolist()))
         if progress:
             agree = sum(int(a == b) for a, b in zip(out[-1].draft_tok, g.tokens)) / len(g.tokens)
             print(f"  trace {n}/{len(prompts)} {p.category} {p.qid}: {len(g.tokens)} tokens, "
                   f"draft agreement {agree:.3f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     return out
+
+
+def _check_pair(levels: list[str]) -> None:
+    if len(levels) != 2 or NGRAM in levels:
+        raise ValueError(f"replay needs a drafter model and the target ('draft>target'), got {'>'.join(levels)!r}")
 
 
 def save(path: Path, meta: dict, traces: list[Trace]) -> None:
@@ -173,28 +176,16 @@ def replay(trace: Trace, router, chain: tuple[str, str], cost, max_new_tokens: i
     return ReplayResult(passes, n, drafted, seconds, n * cost(up, 1))
 
 
-@torch.inference_mode()
 def measure_costs(levels: dict, t_max: int, ctx: int = 320, repeats: int = 5) -> dict[str, list[float]]:
     """{level: [seconds of a one-row pass over T tokens for T = 0 .. t_max]} (index 0 unused): the
-    median of ``repeats`` after one warm-up, on a cache holding ``ctx`` tokens, made non-decreasing
-    in T (``monotone``). levels: name -> ModelLevel."""
-    out = {}
-    for name, lv in levels.items():
-        m = lv.model
-        cache = m.new_cache(1, ctx + t_max + 8)
-        m(torch.zeros(1, ctx, dtype=torch.long, device=m.device), cache, logits_for="last")
-        row = [0.0]
-        for T in range(1, t_max + 1):
-            x = torch.zeros(1, T, dtype=torch.long, device=m.device)
-            ts = []
-            for _ in range(repeats + 1):
-                t0 = time.perf_counter()
-                m(x, cache)
-                ts.append(time.perf_counter() - t0)
-                cache.rollback(0, ctx)
-            row.append(sorted(ts[1:])[len(ts[1:]) // 2])
-        out[name] = [0.0] + monotone(row[1:])
-    return out
+    median of ``repeats`` (the profiler's timing loop), on a cache holding ``ctx`` tokens, made
+    non-decreasing in T (``monotone``). levels: name -> ModelLevel."""
+    from statistics import median
+
+    from ..router.profiler import _time
+
+    return {name: [0.0] + monotone(_time(lv.model, 1, tuple(range(1, t_max + 1)), ctx, repeats, median))
+            for name, lv in levels.items()}
 
 
 def monotone(values: list[float]) -> list[float]:
@@ -281,9 +272,7 @@ def cmd_replay(a) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    levels = parse_chain(a.chain)
-    if len(levels) != 2 or NGRAM in levels:  # before loading anything
-        raise ValueError(f"replay needs a drafter model and the target ('draft>target'), got {a.chain!r}")
+    _check_pair(parse_chain(a.chain))  # before loading anything
     for s in a.spec_len.split(","):
         _max_len(s)  # an unknown policy fails now, not after recording
     prompts = load_prompts(a.prompts, a.categories.split(",") if a.categories else None, a.per_category)

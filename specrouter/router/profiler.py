@@ -111,9 +111,9 @@ class Profiler:
             if progress:
                 print(f"[profiler] calibrating {name}: B in {b_grid}, T in {T_GRID}, prefill {PREFILL_T}",
                       file=sys.stderr, flush=True)
-            cost = [[_time(lv.model, B, T, ctx, repeats) for T in T_GRID] for B in b_grid]
+            cost = [_time(lv.model, B, T_GRID, ctx, repeats) for B in b_grid]
             tables[name] = CostTable(cost, b_grid)
-            prefill[name] = _time(lv.model, 1, PREFILL_T, ctx, 2) / PREFILL_T
+            prefill[name] = _time(lv.model, 1, (PREFILL_T,), ctx, 2)[0] / PREFILL_T
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps({"level": name, "cost": cost, "prefill_s_per_token": prefill[name]}))
@@ -129,15 +129,21 @@ def _cache_key(level, b_grid, ctx) -> str:
 
 
 @torch.inference_mode()
-def _time(model, B: int, T: int, ctx: int, repeats: int) -> float:
-    cache = model.new_cache(B, ctx + T + 8)
+def _time(model, B: int, Ts: tuple[int, ...], ctx: int, repeats: int, reduce=min) -> list[float]:
+    """Seconds of a forward over T new tokens per row, for each T in ``Ts``, on a cache holding ``ctx``
+    tokens (prefilled once): ``reduce`` over ``repeats`` runs after two warm-ups. The default, the
+    least disturbed run, suits a router's ratios: interference only ever adds time."""
+    cache = model.new_cache(B, ctx + max(Ts) + 8)
     model(torch.zeros(B, ctx, dtype=torch.long, device=model.device), cache, logits_for="last")
-    x = torch.zeros(B, T, dtype=torch.long, device=model.device)
-    ts = []
-    for _ in range(repeats + 2):
-        t0 = time.perf_counter()
-        model(x, cache)
-        ts.append(time.perf_counter() - t0)
-        for b in range(B):
-            cache.rollback(b, ctx)
-    return min(ts[2:])  # the least disturbed run after warm-up: interference only ever adds time
+    out = []
+    for T in Ts:
+        x = torch.zeros(B, T, dtype=torch.long, device=model.device)
+        ts = []
+        for _ in range(repeats + 2):
+            t0 = time.perf_counter()
+            model(x, cache)
+            ts.append(time.perf_counter() - t0)
+            for b in range(B):
+                cache.rollback(b, ctx)
+        out.append(reduce(ts[2:]))
+    return out
