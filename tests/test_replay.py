@@ -160,7 +160,7 @@ def test_replay_cli_records_then_reuses_traces(tiny_dir, tmp_path, capsys):
                                  enumerate([("code", "def fib(n):"), ("chat", "hello hello"), ("code", "x = [1,")])))
     traces = tmp_path / "traces.json"
     argv = ["replay", "--prompts", str(prompts), "--per-category", "2", "--chain",
-            f"{tiny_dir / 'draft'}>{tiny_dir / 'target'}", "--spec-len", "fixed:2,dsde", "--max-new-tokens", "16",
+            f"{tiny_dir / 'draft'}>{tiny_dir / 'target'}", "--spec-len", "fixed:2,dsde:1:4+cost", "--max-new-tokens", "16",
             "--traces", str(traces), "--dtype", "fp32"]
     for bad, why in ((["--chain", "ngram>x"], "a drafter model and the target"),
                      (["--spec-len", "fixed:2,nope"], "unknown speculation-length policy")):

@@ -268,6 +268,7 @@ def cmd_replay(a) -> int:
 
     from ..api import SpecRouter, parse_chain
     from ..drafters.model_level import ModelLevel
+    from ..router.profiler import T_GRID
     from .spec_bench import load_prompts
 
     if a.threads:
@@ -290,7 +291,9 @@ def cmd_replay(a) -> int:
     # costs of this machine now, every T a policy may use (not the cached calibration: a shared
     # machine's speed drifts, and which length wins depends on the drafter's cost against the target's)
     models = {n: lv for n, lv in sr.pool.items() if isinstance(lv, ModelLevel)}
-    t_max = 1 + max(_max_len(s) for s in a.spec_len.split(","))
+    # at least the profiler's grid: a router that plans with costs reads T_GRID's cells (16) even
+    # when every policy of the run drafts fewer tokens
+    t_max = max(1 + max(_max_len(s) for s in a.spec_len.split(",")), max(T_GRID))
     print(f"timing passes over T = 1..{t_max} tokens ...", file=sys.stderr, flush=True)
     costs = measure_costs(models, t_max)
     for n, row in costs.items():
