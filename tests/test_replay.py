@@ -143,6 +143,8 @@ def test_measured_costs_feed_a_profiler(recorded):
     assert all(a <= b for a, b in zip(costs["d"][1:], costs["d"][2:]))  # non-decreasing in T
     prof = costs_profiler(costs)
     assert [prof.cost("d", 1, T) for T in T_GRID] == [costs["d"][T] for T in T_GRID]
+    with pytest.raises(ValueError, match="stop before T = 16"):
+        costs_profiler({"d": costs["d"][:12]})
 
 
 def overall_tok_per_pass(out: str) -> list[str]:

@@ -207,6 +207,10 @@ def costs_profiler(costs: dict[str, list[float]]):
     """A batch-1 ``Profiler`` holding ``costs`` at its grid, for routers that plan with costs."""
     from ..router.profiler import T_GRID, CostTable, Profiler
 
+    short = [n for n, row in costs.items() if len(row) <= max(T_GRID)]
+    if short:  # clamping would price long passes at a shorter pass's cost and flatter long drafts
+        raise ValueError(f"costs of {short} stop before T = {max(T_GRID)}, which a cost-planning router "
+                         f"reads: measure_costs(..., t_max >= {max(T_GRID)})")
     return Profiler({n: CostTable([[row[T] for T in T_GRID]], (1,)) for n, row in costs.items()},
                     {n: 0.0 for n in costs})
 
