@@ -123,28 +123,6 @@ def test_router_probes_a_drafting_chain_when_the_target_has_decoded_alone_for_a_
     assert chains[-10:] == [2] * 10, chains
 
 
-def test_router_corrects_a_chain_whose_realized_cost_exceeds_its_prediction():
-    """The closed form says d > t beats the target alone (0.83 vs 1.0 s/token); when d > t's steps
-    keep costing 1.5x their prediction, the router moves to the target alone once it has
-    ``bias_min_steps`` of evidence; plans keep the uncorrected prediction."""
-    from specrouter.router.adaptive import AdaptiveRouter
-    from specrouter.router.similarity import Similarity
-
-    router = AdaptiveRouter(("d", "t"), _Costs({"d": 0.2, "t": 1.0}), Similarity({("d", "t"): 0.5}),
-                            explore=0.0, bias_min_steps=4)
-    router.add_row(0)
-    for step in range(4):
-        plan = router.plan(0)
-        assert plan.chain == ("d", "t"), step
-        router.observe_step(0, plan, 1.5 * plan.predicted_s_per_token * 2, 2)
-    assert plan.predicted_s_per_token == pytest.approx(1.25 / 1.5)
-    assert router.correction(("d", "t")) == pytest.approx(1.5) and router.correction(("t",)) == 1.0
-    plan = router.plan(0)
-    assert plan.chain == ("t",) and plan.predicted_s_per_token == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="bias_decay"):
-        AdaptiveRouter(("d", "t"), _Costs({"d": 0.2, "t": 1.0}), Similarity({}), bias_decay=1.0)
-
-
 def _rounds(sink, slot, lower, upper, n, k, acc):
     from specrouter.speculate import PairFeedback
     for _ in range(n):

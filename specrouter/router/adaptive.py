@@ -17,16 +17,9 @@ plan(slot):    for every candidate chain (each ordered sub-path of the pool that
                (at most 8x).
                A length policy that overrides the top draft length and takes a cost band (dsde)
                gets, first, the lengths whose predicted tau is within ``band_slack`` of the best.
-               Each chain's prediction is scaled by its own recent realized / predicted ratio
-               (``correction``): the closed form leaves out per-pass overheads and the n-gram
-               level's burstiness, and on Spec-Bench (AVX512 VM, one prompt per category) it
-               underpredicted chains drafted by the n-gram level by 27-37 % but the others by 8-17 %,
-               so uncorrected it kept choosing n-gram-bottomed chains that were slower in fact.
 observe(fb):   feed pair feedback to the similarity estimates (and to a length policy, if one
                overrides the top draft length).
-observe_step:  log (request, chain, predicted, realized seconds/token) for accuracy reports, and
-               update the chain's correction (plans keep the uncorrected prediction, so the ratio
-               measures the model, not the model already corrected).
+observe_step:  log (request, chain, predicted, realized seconds/token) for accuracy reports.
 """
 
 from __future__ import annotations
@@ -54,8 +47,7 @@ def candidate_chains(pool: tuple[str, ...]) -> list[tuple[str, ...]]:
 class AdaptiveRouter:
     def __init__(self, pool: tuple[str, ...], profiler: Profiler, similarity: Similarity,
                  candidates: list[tuple[str, ...]] | None = None, explore: float = 0.05, k_max: int = 12,
-                 length_policy=None, seed: int = 0, probe_every: int = 8, band_slack: float = 0.05,
-                 bias_decay: float = 0.03, bias_min_steps: int = 8):
+                 length_policy=None, seed: int = 0, probe_every: int = 8, band_slack: float = 0.05):
         self.pool, self.profiler, self.sim = tuple(pool), profiler, similarity
         self.candidates = candidates or candidate_chains(self.pool)
         self.explore, self.k_max, self.policy = explore, k_max, length_policy
@@ -64,10 +56,6 @@ class AdaptiveRouter:
         self.alone: list[int] = []  # per row: consecutive steps decoded by the target alone
         self.gap: list[int] = []  # per row: alone-steps before the next probe (doubles per probe)
         self.rng = random.Random(seed)
-        if not 0.0 <= bias_decay < 1.0 or bias_min_steps < 1:
-            raise ValueError(f"need 0 <= bias_decay < 1 and bias_min_steps >= 1, got {bias_decay}, {bias_min_steps}")
-        self.bias_decay, self.bias_min_steps = bias_decay, bias_min_steps
-        self.bias: dict[tuple[str, ...], list[float]] = {}  # chain -> [decayed predicted s, decayed realized s, steps]
         self.n_rows = 0
         self.current: list[Plan | None] = []
         self.segments: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])  # pred*n, secs, n, steps
@@ -115,26 +103,18 @@ class AdaptiveRouter:
         s = sum(self.profiler.prefill_cost(lv, ctx.pending.get(lv, 0)) for lv in chain[:-1] if lv != NGRAM)
         return s / max(1, ctx.budget)
 
-    def correction(self, chain: tuple[str, ...]) -> float:
-        """Recent realized / predicted seconds of ``chain``, within [0.5, 2]; 1 before ``bias_min_steps``."""
-        b = self.bias.get(tuple(chain))
-        if b is None or b[2] < self.bias_min_steps or b[0] <= 0:
-            return 1.0
-        return min(2.0, max(0.5, b[1] / b[0]))
-
     def plan(self, slot: int, ctx: RowContext | None = None) -> Plan:
         B = max(1, self.n_rows)
-        scored = []  # (corrected tau, ks, chain, model tau)
+        scored = []
         for c in self.candidates_for(slot):
             tau, ks = self.predict(c, slot)
-            tau += self.catchup_s_per_token(c, ctx)
-            scored.append((tau * self.correction(c), ks, c, tau))
+            scored.append((tau + self.catchup_s_per_token(c, ctx), ks, c))
         scored.sort(key=lambda x: x[0])
-        _, ks, chain, tau = scored[0]
+        tau, ks, chain = scored[0]
         if len(scored) > 1 and self.rng.random() < self.explore:
-            _, ks, chain, tau = self.rng.choice(scored[1:])
+            tau, ks, chain = self.rng.choice(scored[1:])
         elif len(chain) == 1 and self.alone[slot] >= self.gap[slot]:  # probe a drafting chain
-            _, ks, chain, tau = next((x for x in scored if len(x[2]) > 1), scored[0])
+            tau, ks, chain = next((x for x in scored if len(x[2]) > 1), (tau, ks, chain))
             ks = ks[:-1] + (max(ks[-1], 4),)  # several drafts: one probe should be worth its cost
             self.gap[slot] = min(2 * self.gap[slot], 8 * self.probe_every)
         elif len(chain) > 1:
@@ -167,11 +147,6 @@ class AdaptiveRouter:
     def observe_step(self, slot: int, plan: Plan, seconds: float, n_tokens: int, tag=None) -> None:
         if plan.predicted_s_per_token is None or n_tokens == 0:
             return
-        b = self.bias.setdefault(plan.chain, [0.0, 0.0, 0])
-        keep = 1 - self.bias_decay
-        b[0] = keep * b[0] + plan.predicted_s_per_token * n_tokens
-        b[1] = keep * b[1] + seconds
-        b[2] += 1
         if len(self.segments) >= self.max_segments:  # a long-running server: forget the oldest
             del self.segments[next(iter(self.segments))]
         seg = self.segments[(tag, plan.chain)]
