@@ -51,6 +51,7 @@ def test_auto_is_lossless_in_a_batch(auto, tiny_dir):
     params = SamplingParams(max_new_tokens=40)
     ref = [o.tokens for o in target.generate(prompts, params)]
     sr = auto(explore=0.3)  # explore a lot: every chain gets used, and none may change the output
+    sr.router.explore_slack = float("inf")
     outs = sr.generate(prompts, params)
     assert [o.tokens for o in outs] == ref
     used = set()
@@ -101,7 +102,7 @@ def test_router_probes_a_drafting_chain_when_the_target_has_decoded_alone_for_a_
     sim = Similarity({("d", "t"): 0.5})
     router = AdaptiveRouter(("d", "t"), _Costs({"d": 0.2, "t": 1.0}), sim, explore=0.0, probe_every=4)
     router.add_row(0)
-    for _ in range(6):  # the row's draft keeps failing: the target decodes alone, with sparse probes
+    for _ in range(10):  # the row's draft keeps failing: the target decodes alone, with sparse probes
         plan = router.plan(0)
         if len(plan.chain) > 1:
             router.observe(PairFeedback(0, "d", "t", plan.ks[-1], 0, tvd=[0.95] * plan.ks[-1]))
@@ -208,3 +209,53 @@ def test_profile_is_cached_on_disk(tiny_dir, tmp_path):
     assert p2.tables["t"].cost == p1.tables["t"].cost
     assert p2.prefill == p1.prefill and p1.prefill["t"] > 0  # the long-pass rate is cached too
     assert p1.cost("t", 2, 1) > 0
+
+
+def test_row_keeps_its_chain_unless_another_is_cheaper_by_the_margin():
+    """Near-equal predictions (closer than the model's error) do not flip a row's chain; a clear
+    difference does, and a row returns to its chain after an exploration step."""
+    from specrouter.router.adaptive import AdaptiveRouter
+    from specrouter.router.similarity import Similarity
+
+    costs = _Costs({"d": 0.2, "e": 0.21, "t": 1.0})
+    sim = Similarity({("d", "t"): 0.8, ("e", "t"): 0.8, ("d", "e"): 0.8})
+    router = AdaptiveRouter(("d", "e", "t"), costs, sim, [("d", "t"), ("e", "t")], explore=0.0)
+    router.add_row(0)
+    router.add_row(1)
+    assert router.plan(0).chain == ("d", "t")
+    costs.costs["d"] = 0.215  # e > t is now predicted a little cheaper: within the margin
+    assert router.plan(0).chain == ("d", "t")
+    assert router.plan(1).chain == ("e", "t")  # a new row picks on cost alone
+    costs.costs["d"] = 0.4  # now clearly dearer: switch
+    assert router.plan(0).chain == ("e", "t")
+    costs.costs["d"] = 0.22  # near again (explorable), though not cheaper
+    router.explore, router.rng.random = 1.0, lambda: 0.0  # the next step explores
+    assert router.plan(0).chain == ("d", "t")
+    router.explore = 0.0
+    assert router.plan(0).chain == ("e", "t")  # back to the chain chosen on cost
+    with pytest.raises(ValueError, match="switch_margin"):
+        AdaptiveRouter(("d", "t"), costs, sim, switch_margin=1.0)
+
+
+def test_exploration_skips_candidates_whose_catch_up_is_expensive():
+    """Exploring a chain whose draft has not seen a 2,000-token prompt would pay its prefill: only
+    candidates predicted within explore_slack of the best are explored."""
+    from specrouter.router.adaptive import AdaptiveRouter
+    from specrouter.router.profiler import CostTable, Profiler
+    from specrouter.router.similarity import Similarity
+    from specrouter.speculate import RowContext
+
+    tab = lambda c: CostTable([[c, c * 1.05, c * 1.1, c * 1.2, c * 1.4]], (1,))  # noqa: E731
+    prof = Profiler({"d": tab(0.2), "e": tab(0.21), "f": tab(0.2), "t": tab(1.0)},
+                    prefill={"d": 0.01, "e": 0.01, "f": 0.01, "t": 0.02})
+    ctx = RowContext({"d": 1, "e": 1, "f": 2000}, 128)  # f never saw the prompt: 20 s of prefill
+    cands = [("d", "t"), ("e", "t"), ("f", "t"), ("t",)]
+    seen = set()
+    for slack in (0.25, float("inf")):
+        sim = Similarity({(lo, "t"): 0.8 for lo in "def"})
+        router = AdaptiveRouter(("d", "e", "f", "t"), prof, sim, cands, explore=1.0, explore_slack=slack)
+        router.add_row(0)
+        seen = {router.plan(0, ctx).chain for _ in range(40)}
+        if slack == 0.25:
+            assert seen == {("e", "t")}, seen  # the one alternative within 25 % of d > t
+    assert ("f", "t") in seen and ("t",) in seen  # unbounded, exploration pays f's prefill too

@@ -9,7 +9,12 @@ plan(slot):    for every candidate chain (each ordered sub-path of the pool that
                budget; pick the minimum. Why the catch-up term: on a 1,500-token RAG prompt with a
                short answer, prefilling an int4 draft cost more than all the drafting saved.
                With probability ``explore`` pick another candidate instead, so that estimates of
-               unused pairs don't go stale (their rows catch up lazily, see levels).
+               unused pairs don't go stale (their rows catch up lazily, see levels) — one whose
+               predicted cost, catch-up included, is within ``explore_slack`` of the best: drawn
+               among all, a rag row paid a 0.5B prefill of its 1,500-token prompt to explore.
+               A row keeps its current chain unless another is predicted cheaper by more than
+               ``switch_margin``: predictions of near-equal chains differ by less than the model's
+               error (median 6 %), and each switch re-decides on noise and may pay a catch-up.
                A row that has decoded with the target alone for ``probe_every`` steps in a row
                drafts once with the best drafting chain: without it a request whose acceptance
                dipped (say, a passage the draft cannot follow) would never learn that it recovered.
@@ -47,17 +52,23 @@ def candidate_chains(pool: tuple[str, ...]) -> list[tuple[str, ...]]:
 class AdaptiveRouter:
     def __init__(self, pool: tuple[str, ...], profiler: Profiler, similarity: Similarity,
                  candidates: list[tuple[str, ...]] | None = None, explore: float = 0.05, k_max: int = 12,
-                 length_policy=None, seed: int = 0, probe_every: int = 8, band_slack: float = 0.05):
+                 length_policy=None, seed: int = 0, probe_every: int = 8, band_slack: float = 0.05,
+                 explore_slack: float = 0.25, switch_margin: float = 0.05):
+        if not (0.0 <= explore <= 1.0 and explore_slack >= 0.0 and 0.0 <= switch_margin < 1.0):
+            raise ValueError(f"need 0 <= explore <= 1, explore_slack >= 0, 0 <= switch_margin < 1; got "
+                             f"{explore}, {explore_slack}, {switch_margin}")
         self.pool, self.profiler, self.sim = tuple(pool), profiler, similarity
         self.candidates = candidates or candidate_chains(self.pool)
         self.explore, self.k_max, self.policy = explore, k_max, length_policy
         self.probe_every = probe_every
         self.band_slack = band_slack  # a band-aware length policy may use k within this of the best tau
+        self.explore_slack, self.switch_margin = explore_slack, switch_margin
         self.alone: list[int] = []  # per row: consecutive steps decoded by the target alone
         self.gap: list[int] = []  # per row: alone-steps before the next probe (doubles per probe)
         self.rng = random.Random(seed)
         self.n_rows = 0
         self.current: list[Plan | None] = []
+        self.chosen: list[tuple[str, ...] | None] = []  # per row: the last chain picked on cost alone
         self.segments: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])  # pred*n, secs, n, steps
         self.decisions: list[dict] = []
         self.log_decisions = True
@@ -67,6 +78,7 @@ class AdaptiveRouter:
     def add_row(self, slot: int) -> None:
         self.n_rows += 1
         self.current.append(None)
+        self.chosen.append(None)
         self.alone.append(0)
         self.gap.append(self.probe_every)
         self.sim.add_row(slot)
@@ -77,6 +89,8 @@ class AdaptiveRouter:
         self.n_rows -= 1
         self.current[slot] = self.current[last]
         self.current.pop()
+        self.chosen[slot] = self.chosen[last]
+        self.chosen.pop()
         self.alone[slot] = self.alone[last]
         self.alone.pop()
         self.gap[slot] = self.gap[last]
@@ -111,8 +125,13 @@ class AdaptiveRouter:
             scored.append((tau + self.catchup_s_per_token(c, ctx), ks, c))
         scored.sort(key=lambda x: x[0])
         tau, ks, chain = scored[0]
-        if len(scored) > 1 and self.rng.random() < self.explore:
-            tau, ks, chain = self.rng.choice(scored[1:])
+        kept = next((x for x in scored if x[2] == self.chosen[slot]), None)
+        if kept is not None and tau >= (1 - self.switch_margin) * kept[0]:
+            tau, ks, chain = kept  # the best is not cheaper by more than the margin: stay
+        self.chosen[slot] = chain  # what the row returns to after an exploration or a probe
+        near = [x for x in scored[1:] if x[0] <= (1 + self.explore_slack) * scored[0][0]]
+        if near and self.rng.random() < self.explore:
+            tau, ks, chain = self.rng.choice(near)
         elif len(chain) == 1 and self.alone[slot] >= self.gap[slot]:  # probe a drafting chain
             tau, ks, chain = next((x for x in scored if len(x[2]) > 1), (tau, ks, chain))
             ks = ks[:-1] + (max(ks[-1], 4),)  # several drafts: one probe should be worth its cost

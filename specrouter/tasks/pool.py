@@ -110,7 +110,8 @@ class TaskSpecRouter(SpecRouter):
 
         sim = TaskSimilarity(list(range(self.tasks.k)), make)
         return TaskRouter(old.pool, old.profiler, sim, self.labeler, draft, task_levels, list(old.candidates),
-                          explore=old.explore, k_max=old.k_max, length_policy=old.policy)
+                          explore=old.explore, k_max=old.k_max, length_policy=old.policy,
+                          explore_slack=old.explore_slack, switch_margin=old.switch_margin)
 
     def task_of(self, chain: str) -> int | None:
         """The task whose aligned draft a chain string (as in ``GenerationStats.chains``) used."""
