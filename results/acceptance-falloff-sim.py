@@ -48,13 +48,23 @@ def table(sel, label):
     alpha = geometric_alpha(r8)
     print(f"\n## {label}: {len(sel)} prompts, {tok} tokens, greedy agreement {sum(sum(r['A']) for r in sel) / tok:.3f}, "
           f"alpha fitted at K=8: {alpha:.3f}")
-    print("K   passes  tok/pass  full-K rounds: committed/round  geometric E(K)  ratio")
+    print("K   passes  tok/pass  full-K rounds: committed/round  geometric E(K)  ratio"
+          "  | per-prompt alpha fitted at this K: E  ratio")
     for K in KS:
         rs = [x for r in sel for x in rounds(r["A"], K)]
         full = [c for k, a, c in rs if k == K]
         fm = sum(full) / len(full) if full else float("nan")
+        # what a per-request estimate (as the router keeps) predicts: each prompt's own alpha at this K
+        pe = n_full = 0
+        for r in sel:
+            rp = rounds(r["A"], K)
+            nf = sum(1 for k, a, c in rp if k == K)
+            if nf:
+                pe += nf * e_geom(geometric_alpha(rp), K)
+                n_full += nf
+        pe = pe / n_full if n_full else float("nan")
         print(f"{K:2d}  {len(rs):6d}  {tok / len(rs):8.2f}  {fm:8.2f} ({len(full)} rounds)       {e_geom(alpha, K):8.2f}"
-              f"  {fm / e_geom(alpha, K):.3f}")
+              f"  {fm / e_geom(alpha, K):.3f}  | {pe:8.2f}  {fm / pe:.3f}")
     r16 = [x for r in sel for x in rounds(r["A"], 16)]
     print("position j: at risk, accepted, a_j (K=16 rounds)")
     line = []

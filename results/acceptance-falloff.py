@@ -8,6 +8,7 @@ gives every fixed K's rounds offline. Prints tokens per target pass per K simula
 (i.i.d.) prediction from the alpha fitted at K = 8, and the per-position conditional acceptance.
 
     .venv/bin/python results/acceptance-falloff.py 2 > results/acceptance-falloff.log
+    .venv/bin/python results/acceptance-falloff.py 1 out.json 0.5b@w8a8   # another draft, same target text
 """
 import json, sys, time
 import torch
@@ -19,8 +20,9 @@ from specrouter.sampling import SamplingParams
 per_cat = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 out_json = sys.argv[2] if len(sys.argv) > 2 else "results/acceptance-falloff.json"
 N_NEW = 128
-sr = SpecRouter.from_chain("1.5b@w8a8>1.5b", dtype="fp32", progress=False, spec_len="fixed:8", max_batch=1)
-draft, target = sr.models["1.5b@w8a8"].model, sr.models["1.5b"].model
+draft_name = sys.argv[3] if len(sys.argv) > 3 else "1.5b@w8a8"
+sr = SpecRouter.from_chain(f"{draft_name}>1.5b", dtype="fp32", progress=False, spec_len="fixed:8", max_batch=1)
+draft, target = sr.models[draft_name].model, sr.models["1.5b"].model
 vocab = sr.engine.target.vocab
 prompts = load_prompts("../shared/bench/spec_bench_question.jsonl", None, per_cat)
 recs = []
@@ -41,7 +43,7 @@ for n, p in enumerate(prompts, 1):
     out = g.tokens
     A = [int(qa[P - 1 + i] == out[i]) for i in range(len(out))]
     tm = sum(int(pa[P - 1 + i] == out[i]) for i in range(len(out))) / len(out)
-    recs.append({"qid": p.qid, "category": p.category, "A": A, "target_tf_match": tm})
+    recs.append({"qid": p.qid, "category": p.category, "draft": draft_name, "A": A, "target_tf_match": tm})
     print(f"[{n}/{len(prompts)}] {p.category} {p.qid}: {len(out)} tokens, draft agreement {sum(A)/len(A):.3f}, "
           f"target teacher-forced = generated at {tm:.3f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
 json.dump(recs, open(out_json, "w"))
