@@ -14,7 +14,7 @@ plan(slot):    for every candidate chain (each ordered sub-path of the pool that
                among all, a rag row paid a 0.5B prefill of its 1,500-token prompt to explore.
                A row keeps its current chain unless another is predicted cheaper by more than
                ``switch_margin``: predictions of near-equal chains differ by less than the model's
-               error (median 6 %), and each switch re-decides on noise and may pay a catch-up.
+               error (median 6-11 % over Spec-Bench runs), and a switch on noise may pay a catch-up.
                A row that has decoded with the target alone for ``probe_every`` steps in a row
                drafts once with the best drafting chain: without it a request whose acceptance
                dipped (say, a passage the draft cannot follow) would never learn that it recovered.
