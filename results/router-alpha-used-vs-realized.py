@@ -24,8 +24,7 @@ pending = {}
 def plan(slot, ctx=None):
     p = orig_plan(slot, ctx)
     ch = p.chain
-    pending[slot] = {(lo, up): (r.sim.alpha(lo, up, slot) if lo != "ngram" else r.sim.alpha(lo, up, slot))
-                     for lo, up in zip(ch, ch[1:])}
+    pending[slot] = {(lo, up): r.sim.alpha(lo, up, slot) for lo, up in zip(ch, ch[1:])}
     return p
 r.observe, r.plan = observe, plan
 orig_step = sr.engine.step
