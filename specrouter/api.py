@@ -152,7 +152,8 @@ class SpecRouter:
         prior, match, precision = prior_from_text(models, self.levels, ids, ngram if NGRAM in pool else None)
         sim = Similarity(merged_prior(prior, precision), match)
         policy = parse_length_policy(spec_len) if spec_len else None
-        return AdaptiveRouter(tuple(self.levels), profiler, sim, candidates, explore=explore, length_policy=policy)
+        return AdaptiveRouter(tuple(self.levels), profiler, sim, candidates, explore=explore, length_policy=policy,
+                              ngram=ngram if NGRAM in pool else None)
 
     @classmethod
     def from_chain(cls, chain: str, dtype: str = "auto", device: str = "cpu", progress: bool = True,

@@ -12,7 +12,8 @@ One ``step()`` reads as schedule -> run -> postprocess:
                (recursively speculating with the levels below it, see ``speculate.py``); the
                target then scores [last, x_1..x_k] for every row in ONE forward and decides;
   postprocess: commit accepted drafts + the target's token, roll every level's cache back to the
-               committed text, feed the router, retire finished rows (compacting slots).
+               committed text, feed the router (the step's latency; the committed text, on which
+               an adaptive router replays the n-gram drafter), retire finished rows (compacting slots).
 
 Invariant after every step, for each live row b with C_b committed tokens (prompt + output):
 the target's cache holds exactly committed[b][:C_b - 1] (the last committed token is the input
@@ -179,6 +180,7 @@ class SpeculativeEngine:
 
         # --- postprocess
         elapsed = time.perf_counter() - t0
+        observe_text = getattr(self.router, "observe_text", None)  # adaptive routers replay the n-gram
         for b, r in enumerate(rows):
             st = r.gen.stats
             st.steps += 1
@@ -194,6 +196,8 @@ class SpeculativeEngine:
             if r.on_target_probs is not None and new:  # q_up[b][j]: p at the position of new[j]
                 r.on_target_probs(r, res.q_up[b][:len(new)])
             r.gen.finish_reason = reason
+            if observe_text is not None and new:
+                observe_text(b, r.committed, len(new))
             self.router.observe_step(b, plans[b], elapsed, len(new), r.rid)
         for lv in self.levels:  # every level keeps only committed text (the target: committed[:-1])
             lv.sync(committed)

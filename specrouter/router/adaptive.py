@@ -24,6 +24,10 @@ plan(slot):    for every candidate chain (each ordered sub-path of the pool that
                gets, first, the lengths whose predicted tau is within ``band_slack`` of the best.
 observe(fb):   feed pair feedback to the similarity estimates (and to a length policy, if one
                overrides the top draft length).
+observe_text:  after a step commits text, replay the n-gram drafter's rounds on it (``shadow.py``)
+               and feed (ngram, u) for each level u the candidates put right above the n-gram,
+               except the one the row's own chain just verified it with (that pair got real
+               feedback): the n-gram's estimates stay current whatever chain the row runs.
 observe_step:  log (request, chain, predicted, realized seconds/token) for accuracy reports.
 """
 
@@ -36,6 +40,7 @@ from collections import defaultdict
 from ..speculate import NGRAM, PairFeedback, Plan, RowContext
 from .latency import chain_latency, length_band, top_pair_curve
 from .profiler import Profiler
+from .shadow import NgramShadow
 from .similarity import Similarity
 
 
@@ -53,7 +58,8 @@ class AdaptiveRouter:
     def __init__(self, pool: tuple[str, ...], profiler: Profiler, similarity: Similarity,
                  candidates: list[tuple[str, ...]] | None = None, explore: float = 0.05, k_max: int = 12,
                  length_policy=None, seed: int = 0, probe_every: int = 8, band_slack: float = 0.05,
-                 explore_slack: float = 0.25, switch_margin: float = 0.05):
+                 explore_slack: float = 0.25, switch_margin: float = 0.05,
+                 ngram: tuple[int, int] | None = None):
         if not (0.0 <= explore <= 1.0 and explore_slack >= 0.0 and 0.0 <= switch_margin < 1.0):
             raise ValueError(f"need 0 <= explore <= 1, explore_slack >= 0, 0 <= switch_margin < 1; got "
                              f"{explore}, {explore_slack}, {switch_margin}")
@@ -63,6 +69,8 @@ class AdaptiveRouter:
         self.probe_every = probe_every
         self.band_slack = band_slack  # a band-aware length policy may use k within this of the best tau
         self.explore_slack, self.switch_margin = explore_slack, switch_margin
+        # ngram: the pool's (max_ngram, min_ngram); with it the router shadow-scores the n-gram
+        self.shadow = NgramShadow(ngram) if ngram is not None and NGRAM in self.pool else None
         self.alone: list[int] = []  # per row: consecutive steps decoded by the target alone
         self.gap: list[int] = []  # per row: alone-steps before the next probe (doubles per probe)
         self.rng = random.Random(seed)
@@ -82,6 +90,8 @@ class AdaptiveRouter:
         self.alone.append(0)
         self.gap.append(self.probe_every)
         self.sim.add_row(slot)
+        if self.shadow is not None:
+            self.shadow.add_row(slot)
         if self.policy is not None:
             self.policy.add_row(slot)
 
@@ -96,6 +106,8 @@ class AdaptiveRouter:
         self.gap[slot] = self.gap[last]
         self.gap.pop()
         self.sim.remove_row(slot, last)
+        if self.shadow is not None:
+            self.shadow.remove_row(slot, last)
         if self.policy is not None:
             self.policy.remove_row(slot, last)
 
@@ -162,6 +174,20 @@ class AdaptiveRouter:
         if self.policy is not None and cur is not None and len(cur.chain) > 1 and \
                 (fb.lower, fb.upper) == (cur.chain[-2], cur.chain[-1]):
             self.policy.observe(fb.slot, fb)
+
+    def observe_text(self, slot: int, committed: list[int], n_new: int) -> None:
+        """Row ``slot`` committed its last ``n_new`` tokens of ``committed`` (prompt + output)."""
+        if self.shadow is None:
+            return
+        rounds = self.shadow.advance(slot, committed, len(committed) - n_new)
+        if not rounds:
+            return
+        cur = self.current[slot].chain if slot < len(self.current) and self.current[slot] else ()
+        ran = {cur[i + 1] for i in range(len(cur) - 1) if cur[i] == NGRAM}
+        uppers = {c[i + 1] for c in self.candidates_for(slot) for i in range(len(c) - 1) if c[i] == NGRAM}
+        for up in sorted(uppers - ran):
+            for n_drafted, n_accepted in rounds:
+                self.sim.observe(PairFeedback(slot, NGRAM, up, n_drafted, n_accepted))
 
     def observe_step(self, slot: int, plan: Plan, seconds: float, n_tokens: int, tag=None) -> None:
         if plan.predicted_s_per_token is None or n_tokens == 0:

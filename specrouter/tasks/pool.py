@@ -111,7 +111,8 @@ class TaskSpecRouter(SpecRouter):
         sim = TaskSimilarity(list(range(self.tasks.k)), make)
         return TaskRouter(old.pool, old.profiler, sim, self.labeler, draft, task_levels, list(old.candidates),
                           explore=old.explore, k_max=old.k_max, length_policy=old.policy,
-                          explore_slack=old.explore_slack, switch_margin=old.switch_margin)
+                          explore_slack=old.explore_slack, switch_margin=old.switch_margin,
+                          ngram=old.shadow.ngram if old.shadow is not None else None)
 
     def task_of(self, chain: str) -> int | None:
         """The task whose aligned draft a chain string (as in ``GenerationStats.chains``) used."""
