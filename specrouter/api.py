@@ -153,7 +153,7 @@ class SpecRouter:
         sim = Similarity(merged_prior(prior, precision), match)
         policy = parse_length_policy(spec_len) if spec_len else None
         return AdaptiveRouter(tuple(self.levels), profiler, sim, candidates, explore=explore, length_policy=policy,
-                              ngram=ngram if NGRAM in pool else None)
+                              ngram=ngram)
 
     @classmethod
     def from_chain(cls, chain: str, dtype: str = "auto", device: str = "cpu", progress: bool = True,

@@ -180,7 +180,6 @@ class SpeculativeEngine:
 
         # --- postprocess
         elapsed = time.perf_counter() - t0
-        observe_text = getattr(self.router, "observe_text", None)  # adaptive routers replay the n-gram
         for b, r in enumerate(rows):
             st = r.gen.stats
             st.steps += 1
@@ -196,8 +195,8 @@ class SpeculativeEngine:
             if r.on_target_probs is not None and new:  # q_up[b][j]: p at the position of new[j]
                 r.on_target_probs(r, res.q_up[b][:len(new)])
             r.gen.finish_reason = reason
-            if observe_text is not None and new:
-                observe_text(b, r.committed, len(new))
+            if new:
+                self.router.observe_text(b, r.committed, len(new))
             self.router.observe_step(b, plans[b], elapsed, len(new), r.rid)
         for lv in self.levels:  # every level keeps only committed text (the target: committed[:-1])
             lv.sync(committed)

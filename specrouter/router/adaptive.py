@@ -69,7 +69,7 @@ class AdaptiveRouter:
         self.probe_every = probe_every
         self.band_slack = band_slack  # a band-aware length policy may use k within this of the best tau
         self.explore_slack, self.switch_margin = explore_slack, switch_margin
-        # ngram: the pool's (max_ngram, min_ngram); with it the router shadow-scores the n-gram
+        # ngram: the n-gram level's (max_ngram, min_ngram); with it in the pool, the router shadow-scores it
         self.shadow = NgramShadow(ngram) if ngram is not None and NGRAM in self.pool else None
         self.alone: list[int] = []  # per row: consecutive steps decoded by the target alone
         self.gap: list[int] = []  # per row: alone-steps before the next probe (doubles per probe)
@@ -182,7 +182,7 @@ class AdaptiveRouter:
         rounds = self.shadow.advance(slot, committed, len(committed) - n_new)
         if not rounds:
             return
-        cur = self.current[slot].chain if slot < len(self.current) and self.current[slot] else ()
+        cur = self.current[slot].chain if self.current[slot] is not None else ()
         ran = {cur[i + 1] for i in range(len(cur) - 1) if cur[i] == NGRAM}
         uppers = {c[i + 1] for c in self.candidates_for(slot) for i in range(len(c) - 1) if c[i] == NGRAM}
         for up in sorted(uppers - ran):

@@ -40,5 +40,8 @@ class FixedRouter:
         if len(self.chain) > 1 and fb.upper == self.chain[-1] and fb.lower == self.chain[-2]:
             self.policy.observe(fb.slot, fb)
 
+    def observe_text(self, slot: int, committed: list[int], n_new: int) -> None:
+        pass  # a fixed chain learns nothing from the committed text
+
     def observe_step(self, slot: int, plan: Plan, seconds: float, n_tokens: int, tag=None) -> None:
         pass
