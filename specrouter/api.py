@@ -106,7 +106,7 @@ class SpecRouter:
 
     def __init__(self, models: dict[str, LoadedModel], levels: list[str], spec_len: str | None = None,
                  auto: bool = False, max_seq_len: int = 4096, max_batch: int = 8, ngram: tuple[int, int] = (3, 2),
-                 explore: float = 0.05, progress: bool = False, batch_cap: bool = True):
+                 explore: float = 0.05, progress: bool = False, batch_cap: bool = True, exact: bool = True):
         self.models, self.levels = models, list(levels)
         self.target = models[levels[-1]]
         self.tokenizer: Tokenizer = self.target.tokenizer
@@ -140,7 +140,7 @@ class SpecRouter:
             policy = parse_length_policy(spec_len or "heuristic") if len(levels) > 1 else FixedLength(0)
             self.router = FixedRouter(tuple(levels), policy)
         self.engine = SpeculativeEngine(pool, levels[-1], self.router, self.tokenizer.eos_ids, self.max_seq_len,
-                                        max_batch, batch_cap)
+                                        max_batch, batch_cap, exact)
 
     def _adaptive_router(self, pool, max_batch, spec_len, ngram, explore, progress,
                          candidates=None) -> AdaptiveRouter:

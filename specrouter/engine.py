@@ -93,10 +93,17 @@ class SpeculativeEngine:
     """pool: level name -> ModelLevel, plus ``"ngram": (max_ngram, min_ngram)`` when available."""
 
     def __init__(self, pool: dict, target: str, router, eos_ids: frozenset[int] = frozenset(),
-                 max_seq_len: int = 4096, max_batch: int = 8, batch_cap: bool = True):
+                 max_seq_len: int = 4096, max_batch: int = 8, batch_cap: bool = True, exact: bool = True):
         self.pool, self.target_name, self.router = pool, target, router
-        self.batch_cap = batch_cap
+        self.batch_cap, self.exact = batch_cap, exact
         self.target: ModelLevel = pool[target]
+        # exact: every target pass is at least two tokens wide. A one-token pass takes other
+        # kernels (oneDNN's one-row GEMV) whose logits differ in the last bits from the same token
+        # verified among drafts, which flips near-tied argmaxes: bf16 greedy match 0.65 on
+        # Spec-Bench before this (results/predictions-stop24.md). With it, speculative greedy
+        # output is bitwise the target-alone greedy output; the cost is on one-token passes only
+        # (target alone: +9 % bf16, +27 % fp32 per token on the 1.5B, results/pad-single-cost.log).
+        self.target.min_tokens = 2 if exact else 1
         self.levels = [lv for name, lv in pool.items() if name != NGRAM]
         self.eos_ids = eos_ids
         self.max_seq_len = min(max_seq_len, *(lv.max_seq_len for lv in self.levels))

@@ -132,3 +132,36 @@ def test_long_and_short_passes_agree():
     cache = m.new_cache(1, 64)
     parts = torch.cat([m(tok[:, :n], cache), m(tok[:, n:n + 2], cache), m(tok[:, n + 2:], cache)], dim=1)
     assert (parts - whole).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_min_tokens_makes_a_tokens_logits_independent_of_pass_width(dtype):
+    """With min_tokens=2 a token decoded alone gets bit for bit the logits it gets as row 0 of any
+    wider pass (what exact speculative greedy decoding stands on), for each logits_for form; the
+    padding leaves the cache's length, and what later passes see, unchanged."""
+    _, m = build(tiny_config(layers=2, dim=64), dtype=dtype)
+    tok = torch.randint(0, 259, (1, 30), generator=torch.Generator().manual_seed(5))
+    cache = m.new_cache(1, 64)
+    m(tok[:, :20], cache)
+
+    def fresh(fn):
+        out = fn()
+        cache.rollback(0, 20)
+        return out
+
+    wide = [fresh(lambda T=T: m(tok[:, 20:20 + T], cache)[:, :1]) for T in range(2, 10)]
+    assert all(torch.equal(w, wide[0]) for w in wide)
+    alone = {"all": fresh(lambda: m(tok[:, 20:21], cache, min_tokens=2)),
+             "last": fresh(lambda: m(tok[:, 20:21], cache, logits_for="last", min_tokens=2)),
+             "pos": fresh(lambda: m(tok[:, 20:21], cache, logits_for=torch.zeros(1, 1, dtype=torch.long),
+                                    min_tokens=2))}
+    for form, out in alone.items():
+        assert out.shape == (1, 1, 259), form
+        assert torch.equal(out, wide[0]), form
+    m(tok[:, 20:21], cache, min_tokens=2)
+    assert cache.lengths == [21]
+    after = m(tok[:, 21:23], cache)  # the padding column written at position 21 is overwritten
+    cache.rollback(0, 20)
+    ref = m(tok[:, 20:23], cache)[:, 1:]  # the same text fed as one pass
+    tol = 1e-4 if dtype == torch.float32 else 0.1  # bf16 logits near 8 have a 1/16 ulp
+    assert (after - ref).abs().max().item() <= tol

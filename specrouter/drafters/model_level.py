@@ -39,6 +39,9 @@ class ModelLevel:
         # makes this level's proposals q slightly different from its own-prefill ones; lossless
         # all the same, because verification uses exactly the q this level drafted from.
         self.twin: ModelLevel | None = None
+        # Passes narrower than this are padded (``Transformer.forward``). The engine sets 2 on its
+        # target so a token's logits do not depend on the pass width (exact greedy equality).
+        self.min_tokens = 1
 
     # ------------------------------------------------------------------ rows
     def reserve(self, max_batch: int) -> None:
@@ -106,7 +109,8 @@ class ModelLevel:
             n_new[b] = len(feeds[b])
             pos[b, :len(drafts[i]) + 1] = torch.arange(len(pending) - 1, len(feeds[b]))
         t0 = time.perf_counter()
-        logits = self.model(pad_rows(feeds, device=self.model.device), self.cache, n_new=n_new, logits_for=pos)
+        logits = self.model(pad_rows(feeds, device=self.model.device), self.cache, n_new=n_new, logits_for=pos,
+                            min_tokens=self.min_tokens)
         if self.extra_delay_s:
             time.sleep(self.extra_delay_s)
         if self.on_timing is not None:

@@ -189,7 +189,7 @@ class Transformer(nn.Module):
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, n_new: list[int] | None = None,
                 logits_for: "str | torch.Tensor" = "all", row0: int = 0,
-                return_hidden: bool = False) -> torch.Tensor:
+                return_hidden: bool = False, min_tokens: int = 1) -> torch.Tensor:
         """Append ``tokens`` to each row of ``cache`` and return logits.
 
         tokens: [B, T] int64 for cache rows [row0, row0 + B); row b's real tokens are
@@ -200,11 +200,22 @@ class Transformer(nn.Module):
         Returns float32 logits. Advances ``cache.lengths[row0 + b]`` by ``n_new[b]``.
         return_hidden: return the final normed hidden states [B, T, dim] (float32) of every position
             instead of logits (prompt embeddings for task classification, ``specrouter/tasks``).
+        min_tokens: pad the pass to at least this many token columns (padding is written past each
+            row's length and never read). Why: CPU kernels compute a one-token pass differently
+            from a wider one (oneDNN's one-row GEMV path; bitwise different logits, measured in
+            ``results/bf16-row-invariance.py``), while every width >= 2 gives the same bits. A
+            target run with ``min_tokens=2`` gives a token the same logits whether it is decoded
+            alone or verified among drafts — what makes speculative greedy output identical to
+            target-only greedy output (``SpeculativeEngine``).
         """
         B, T = tokens.shape
+        n_new = [T] * B if n_new is None else list(n_new)
+        width = T  # columns the caller sees ("all", return_hidden)
+        if T < min_tokens:
+            tokens = torch.cat([tokens, tokens[:, -1:].expand(B, min_tokens - T)], dim=1)
+            T = min_tokens
         if row0 + B > cache.batch_size:
             raise ValueError(f"rows [{row0}, {row0 + B}) for a cache of {cache.batch_size}")
-        n_new = [T] * B if n_new is None else list(n_new)
         cache.check_room(row0, n_new)
         lengths = cache.lengths[row0:row0 + B]
         same_start = all(L == lengths[0] for L in lengths)
@@ -228,7 +239,7 @@ class Transformer(nn.Module):
         for b in range(B):
             cache.lengths[row0 + b] += n_new[b]
         if return_hidden:
-            return self.norm(x).float()
+            return self.norm(x[:, :width]).float()
 
         if isinstance(logits_for, torch.Tensor):  # [B, P] positions (within this pass) to score
             x = x.gather(1, logits_for.to(self.device)[..., None].expand(-1, -1, x.shape[-1]))
@@ -240,4 +251,9 @@ class Transformer(nn.Module):
                 x = x[torch.arange(B, device=self.device), idx][:, None]
         elif logits_for != "all":
             raise ValueError(f"logits_for must be 'all', 'last' or a [B, P] tensor, got {logits_for!r}")
-        return self.lm_head(self.norm(x)).float()
+        else:
+            x = x[:, :width]
+        P = x.shape[1]
+        if P < min_tokens:  # the head has the same one-row kernel path: give it min_tokens rows too
+            x = torch.cat([x, x[:, -1:].expand(B, min_tokens - P, x.shape[-1])], dim=1)
+        return self.lm_head(self.norm(x)).float()[:, :P]

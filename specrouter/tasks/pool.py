@@ -85,7 +85,7 @@ class TaskSpecRouter(SpecRouter):
             self.router = TaskChainRouter(old.chain, old.policy, self.labeler, draft, task_levels)
         eng = self.engine
         self.engine = SpeculativeEngine(self.pool, target, self.router, self.tokenizer.eos_ids, self.max_seq_len,
-                                        eng.max_batch, eng.batch_cap)
+                                        eng.max_batch, eng.batch_cap, eng.exact)
 
     def _task_adaptive(self, old: AdaptiveRouter, draft: str, task_levels: dict[int, str]) -> TaskRouter:
         target = self.levels[-1]
