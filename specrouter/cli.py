@@ -82,6 +82,9 @@ def cmd_generate(a) -> int:
     return 0
 
 
+BASELINES = ("target", "target-exact", "hf_assisted")  # bench systems that are not ours to headline
+
+
 def cmd_bench(a) -> int:
     import torch
 
@@ -171,7 +174,7 @@ def cmd_bench(a) -> int:
     rows = run_bench(prompts, systems, target_only.tokenizer, a.max_new_tokens, hf, target_only.tokenizer.eos_ids,
                      a.batch_size, on_rows=save)
     per_cat, overall = summarize(rows)
-    primary = next((s for s in overall if s not in ("target", "target-exact", "hf_assisted")), "target")
+    primary = next((s for s in overall if s not in BASELINES), "target")
     print_report(per_cat, overall, primary, extra=_router_report(rows, routers))
     del torch
     return 0
@@ -186,8 +189,7 @@ def cmd_bench_report(a) -> int:
     if not rows:
         raise ValueError(f"{a.rows} holds no measured prompts")
     per_cat, overall = summarize(rows)
-    primary = a.primary or next((s for s in overall if s not in ("target", "target-exact", "hf_assisted")),
-                                "target")
+    primary = a.primary or next((s for s in overall if s not in BASELINES), "target")
     print(f"[bench-report] {len(rows)} prompts")
     print_report(per_cat, overall, primary)
     return 0
