@@ -14,7 +14,8 @@ DEFAULT_POOL_FP32 = "ngram>0.5b@w8a8>1.5b@w8a8>1.5b"
 POOL_HELP = (f"levels the 'auto' router chooses from (default: {DEFAULT_POOL} where the target runs in bf16, "
              f"{DEFAULT_POOL_FP32} on CPUs without native bf16)")
 QUANT_HELP = ("default precision of chain levels without an @suffix: dense, int8, int4, int4-g32, w8a8 "
-              "[-head=dense|int8|int4|w8a8] (per level: 1.5b@int4>1.5b)")
+              "[-head=dense|int8|int4|w8a8] [-vocab=N: a draft head over the N lowest ids + specials] "
+              "(per level: 1.5b@int4>1.5b, 0.5b@int4-vocab=48k>1.5b)")
 
 
 def _threads(n: int | None) -> None:

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from .drafters.model_level import ModelLevel
+from .model.draft_vocab import is_restricted
 from .sampling import SamplingParams
 from .speculate import NGRAM, RowContext, draft, verify_round
 
@@ -97,6 +98,10 @@ class SpeculativeEngine:
         self.pool, self.target_name, self.router = pool, target, router
         self.batch_cap, self.exact = batch_cap, exact
         self.target: ModelLevel = pool[target]
+        if is_restricted(getattr(getattr(self.target, "model", None), "lm_head", None)):
+            # its p would not be the model's distribution: output would follow a truncated target
+            raise ValueError(f"the target {target!r} scores part of the vocabulary only (-vocab=N); a draft "
+                             f"vocabulary is for draft levels, the target must score every token")
         # exact: every target pass is at least two tokens wide. A one-token pass takes other
         # kernels (oneDNN's one-row GEMV) whose logits differ in the last bits from the same token
         # verified among drafts, which flips near-tied argmaxes: bf16 greedy match 0.65 on

@@ -22,6 +22,7 @@ import torch
 
 from ..tokenizer import Tokenizer
 from .args import ModelArgs
+from .draft_vocab import draft_vocab_ids
 from .quant import QuantScheme
 from .quant_cache import load_quantized
 from .registry import DEFAULT_MODELS, find_default, home, pull
@@ -179,13 +180,25 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
     args = ModelArgs.from_hf_config(cfg)
     tokenizer = Tokenizer.from_folder(folder, name)
     dt = parse_dtype(dtype)
+    sd = LazyStateDict(folder)
     if scheme.is_dense:
-        model = Transformer(args, LazyStateDict(folder), dtype=dt, device=device)
+        model = Transformer(args, sd, dtype=dt, device=device)
     else:
-        name = f"{name}@{scheme.short()}"
-        model = load_quantized(folder, args, LazyStateDict(folder), scheme, dt, device, label=name,
+        model = load_quantized(folder, args, sd, scheme.weights, dt, device, label=f"{name}@{scheme.short()}",
                                progress=progress)
+    if scheme.vocab is not None:
+        untied = not args.tie_embeddings and "lm_head.weight" in sd
+        ids = draft_vocab_ids(scheme.vocab, args.vocab_size, special_ids(tokenizer))
+        model.restrict_head(ids, sd["lm_head.weight"] if untied else model.embed)
+    if not (scheme.is_dense and scheme.vocab is None):
+        name = f"{name}@{scheme.short()}"
     return LoadedModel(name=name, folder=folder, model=model, tokenizer=tokenizer)
+
+
+def special_ids(tokenizer: Tokenizer) -> set[int]:
+    """Ids a restricted draft head always keeps: the tokenizer's added / special tokens and EOS ids."""
+    added = getattr(tokenizer.hf, "added_tokens_decoder", None) or {}
+    return {int(i) for i in added} | set(tokenizer.eos_ids) | set(getattr(tokenizer.hf, "all_special_ids", []))
 
 
 def check_same_vocab(models: list[LoadedModel]) -> None:

@@ -100,7 +100,10 @@ class QuantScheme:
     ``head`` for the output projection (the embedding lookup itself always stays in the model dtype).
 
     String form (the ``@...`` suffix of a chain level): ``dense``, ``int8``, ``int4``, ``int4-g32``,
-    optionally ``-head=dense|int8|int4``. Without a head part, int8 and int4 use an int8 head. For
+    optionally ``-head=dense|int8|int4``, and ``-vocab=N`` (``N`` or ``Nk`` = N * 1024): the head
+    scores only the N lowest token ids plus the special tokens, -inf elsewhere (a draft's fast head,
+    ``draft_vocab.py``; not a precision, but it rides on the same suffix: ``0.5b@int4-vocab=48k``).
+    Without a head part, int8 and int4 use an int8 head. For
     Qwen the head is 151936 x dim: 15-28% of the bf16 bytes read per token, and as many bytes as
     half an int4 body. Measured here (quant-eval / bench-runtime, 2 threads): an int8 head costs no
     agreement against a dense one (0.5B@int4: 0.907 greedy agreement either way), an int4 head does
@@ -112,6 +115,7 @@ class QuantScheme:
     body: str = "dense"
     group_size: int = DEFAULT_GROUP_SIZE  # int4 only
     head: str = "dense"
+    vocab: int | None = None  # draft head rows kept (None: the whole vocabulary)
 
     def __post_init__(self):
         for part, kind in (("body", self.body), ("head", self.head)):
@@ -119,6 +123,8 @@ class QuantScheme:
                 raise ValueError(f"unknown {part} quantization {kind!r}; choose from {', '.join(LINEAR_QUANT_KINDS)}")
         if self.group_size not in INT4_GROUP_SIZES:
             raise ValueError(f"int4 group size must be one of {INT4_GROUP_SIZES}, got {self.group_size}")
+        if self.vocab is not None and (not isinstance(self.vocab, int) or self.vocab < 1):
+            raise ValueError(f"a draft vocabulary (-vocab=N) needs N >= 1, got {self.vocab!r}")
 
     @classmethod
     def parse(cls, spec: "str | QuantScheme | None") -> "QuantScheme":
@@ -127,7 +133,7 @@ class QuantScheme:
         if isinstance(spec, QuantScheme):
             return spec
         parts = spec.strip().lower().split("-")
-        body, group, head = parts[0], DEFAULT_GROUP_SIZE, None
+        body, group, head, vocab = parts[0], DEFAULT_GROUP_SIZE, None, None
         if body == "none":
             body = "dense"
         if body not in LINEAR_QUANT_KINDS:
@@ -139,31 +145,51 @@ class QuantScheme:
                 group, group_given = int(p[1:]), True
             elif p.startswith("head="):
                 head = p.removeprefix("head=")
+            elif p.startswith("vocab="):
+                vocab = _parse_count(p.removeprefix("vocab="), spec)
             else:
                 raise ValueError(f"unknown quantization option {p!r} in {spec!r} "
-                                 f"(options: -gN for int4, -head=dense|int8|int4|w8a8)")
-        scheme = cls(body, group, DEFAULT_HEAD[body] if head is None else head)
+                                 f"(options: -gN for int4, -head=dense|int8|int4|w8a8, -vocab=N)")
+        scheme = cls(body, group, DEFAULT_HEAD[body] if head is None else head, vocab)
         if group_given and "int4" not in (scheme.body, scheme.head):
             raise ValueError(f"{spec!r}: a group size (-g{group}) only applies to int4")
         return scheme
 
     @property
     def is_dense(self) -> bool:
+        """Every weight in the model dtype (whatever ``vocab`` says)."""
         return self.body == "dense" and self.head == "dense"
+
+    @property
+    def weights(self) -> "QuantScheme":
+        """This scheme without the draft vocabulary: what the stored weights depend on (cache keys)."""
+        return QuantScheme(self.body, self.group_size, self.head)
+
+    def _vocab_suffix(self) -> str:
+        return "" if self.vocab is None else f"-vocab={self.vocab}"
 
     def __str__(self) -> str:
         """Canonical form: every option spelled out (used in cache keys and display names)."""
         if self.is_dense:
-            return "dense"
+            return "dense" + self._vocab_suffix()
         group = f"-g{self.group_size}" if "int4" in (self.body, self.head) else ""
-        return f"{self.body}{group}-head={self.head}"
+        return f"{self.body}{group}-head={self.head}" + self._vocab_suffix()
 
     def short(self) -> str:
         """The shortest string that parses back to this scheme."""
         if self.is_dense:
-            return "dense"
+            return "dense" + self._vocab_suffix()
         s = self.body + (f"-g{self.group_size}" if self.group_size != DEFAULT_GROUP_SIZE else "")
-        return s + (f"-head={self.head}" if self.head != DEFAULT_HEAD[self.body] else "")
+        return s + (f"-head={self.head}" if self.head != DEFAULT_HEAD[self.body] else "") + self._vocab_suffix()
+
+
+def _parse_count(text: str, spec: str) -> int:
+    """``48k`` -> 49152, ``50000`` -> 50000."""
+    mult = 1024 if text.endswith("k") else 1
+    digits = text.removesuffix("k")
+    if not digits.isdigit() or int(digits) < 1:
+        raise ValueError(f"{spec!r}: -vocab wants a positive count such as 49152 or 48k, got {text!r}")
+    return int(digits) * mult
 
 
 # -------------------------------------------------------------------------------------- layers

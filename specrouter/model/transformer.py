@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .args import ModelArgs
+from .draft_vocab import VocabSubsetHead
 from .kv_cache import PAD_SLACK, KVCache
 from .linear import make_linear
 from .quant import QuantScheme
@@ -144,6 +145,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.args, self.dtype, self.device = args, dtype, torch.device(device)
         self.quant = QuantScheme.parse(quant)
+        if self.quant.vocab is not None:  # it needs the tokenizer's special ids: load_model applies it
+            raise ValueError(f"quant {quant!r}: build with the weights scheme and call restrict_head "
+                             f"for a draft vocabulary (load_model does both)")
         prebuilt = dict(linears or {})
         slots = linear_slots(args, untied_head=not args.tie_embeddings and "lm_head.weight" in sd)
 
@@ -180,6 +184,15 @@ class Transformer(nn.Module):
             raise ValueError(f"prebuilt linears for unknown slots: {sorted(prebuilt)[:4]}")
         cos, sin = rope_tables(args, args.max_position + PAD_SLACK, self.device)
         self.cos, self.sin = cos, sin
+
+    def restrict_head(self, ids: torch.Tensor, weight: torch.Tensor) -> None:
+        """From now on the head scores only token ids ``ids`` ([N] int64, sorted), -inf elsewhere: a
+        draft's fast head (``draft_vocab.py``). weight: the full head matrix [V, dim] in HF layout (the
+        embedding table for a tied head); its rows ``ids`` are stored in the head's own linear kind."""
+        kind = self.quant.head
+        opts = {"group_size": self.quant.group_size} if kind == "int4" else {}
+        rows = weight[ids.to(weight.device)].to(device=self.device, dtype=self.dtype).contiguous()  # [N, dim]
+        self.lm_head = VocabSubsetHead(make_linear(rows, None, kind, **opts), ids, self.args.vocab_size)
 
     def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:
         max_seq_len = min(max_seq_len or self.args.max_position, self.args.max_position)
