@@ -107,7 +107,9 @@ class SpeculativeEngine:
         # verified among drafts, which flips near-tied argmaxes: bf16 greedy match 0.65 on
         # Spec-Bench before this (results/predictions-stop24.md). With it, speculative greedy
         # output is bitwise the target-alone greedy output; the cost is on one-token passes only
-        # (target alone: +9-13 % bf16, +27-38 % fp32 per token on the 1.5B, results/pad-single-cost.log).
+        # (target alone: +9-13 % bf16, +27-38 % fp32 per token on the 1.5B, results/pad-single-cost.log;
+        # ~1.6x on a Zen 3, results/predictions-stop25.md). The router's profiler reads min_tokens
+        # at each lookup and prices such a pass as the two-token pass it is (Profiler.width).
         self.target.min_tokens = 2 if exact else 1
         self.levels = [lv for name, lv in pool.items() if name != NGRAM]
         self.eos_ids = eos_ids

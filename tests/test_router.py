@@ -195,6 +195,29 @@ def test_cost_table_interpolates_and_tracks_a_slower_machine():
     assert table(1, 8) > 1.6 * 1.15  # cells the engine did not use moved too
 
 
+def test_profiler_prices_a_padded_one_token_pass_as_the_two_token_pass_it_runs():
+    """The exact target pads one-token passes to two columns: target-alone decoding costs a 2-token
+    pass, so the router must predict (and learn) that, not the unpadded 1-token cell."""
+    from types import SimpleNamespace
+
+    from specrouter.router.adaptive import AdaptiveRouter
+    from specrouter.router.profiler import CostTable, Profiler
+    from specrouter.router.similarity import Similarity
+
+    target = SimpleNamespace(min_tokens=1)
+    tables = {"d": CostTable([[0.2, 0.21, 0.22, 0.25, 0.3]], (1,)), "t": CostTable([[1.0, 1.6, 1.7, 1.8, 2.0]], (1,))}
+    prof = Profiler(tables, levels={"t": target, "d": SimpleNamespace(min_tokens=1)})
+    router = AdaptiveRouter(("d", "t"), prof, Similarity({("d", "t"): 0.8}), explore=0.0)
+    assert prof.cost("t", 1, 1) == pytest.approx(1.0)
+    assert router.predict(("t",))[0] == pytest.approx(1.0)
+    target.min_tokens = 2  # what SpeculativeEngine(exact=True) sets after calibration
+    assert prof.cost("t", 1, 1) == pytest.approx(1.6) and prof.cost("t", 1, 4) == pytest.approx(1.7)
+    assert router.predict(("t",))[0] == pytest.approx(1.6)
+    assert prof.cost("d", 1, 1) == pytest.approx(0.2)  # unpadded levels unchanged
+    prof.observe("t", 1, 1, 3.2)  # a padded one-token pass took 2x: the 2-token cell learns it
+    assert prof.tables["t"].cost[0][1] > 1.6 and prof.tables["t"].cost[0][0] < 1.0 * 1.3
+
+
 def test_profile_is_cached_on_disk(tiny_dir, tmp_path):
     from specrouter.drafters.model_level import ModelLevel
     from specrouter.model.loader import load_model
@@ -209,6 +232,8 @@ def test_profile_is_cached_on_disk(tiny_dir, tmp_path):
     assert p2.tables["t"].cost == p1.tables["t"].cost
     assert p2.prefill == p1.prefill and p1.prefill["t"] > 0  # the long-pass rate is cached too
     assert p1.cost("t", 2, 1) > 0
+    lv.min_tokens = 2  # the exact target's padding, set by the engine after calibration, is seen live
+    assert p1.cost("t", 1, 1) == p1.cost("t", 1, 2)
 
 
 def test_row_keeps_its_chain_unless_another_is_cheaper_by_the_margin():

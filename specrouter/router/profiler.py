@@ -68,13 +68,24 @@ class CostTable:
 
 
 class Profiler:
-    def __init__(self, tables: dict[str, CostTable], prefill: dict[str, float] | None = None, ema: float = 0.3):
+    """levels: name -> object with ``min_tokens`` (a ModelLevel), read at every lookup. A level whose
+    passes are padded to ``min_tokens`` columns (the exact target, ``SpeculativeEngine(exact=True)``,
+    which sets it after calibration) costs a T-token pass what a max(T, min_tokens)-token pass costs:
+    a one-token target pass is priced, and learned, as the two-token pass it really is."""
+
+    def __init__(self, tables: dict[str, CostTable], prefill: dict[str, float] | None = None, ema: float = 0.3,
+                 levels: dict | None = None):
         self.tables = tables
         self.prefill = dict(prefill or {})  # level -> seconds per token of a long one-row pass
         self.ema = ema
+        self.levels = dict(levels or {})
+
+    def width(self, level: str, T: int) -> int:
+        """Token columns a T-token pass of ``level`` really computes."""
+        return max(T, getattr(self.levels.get(level), "min_tokens", 1))
 
     def cost(self, level: str, B: int, T: int) -> float:
-        return self.tables[level](B, T)
+        return self.tables[level](B, self.width(level, T))
 
     def prefill_cost(self, level: str, n_tokens: int) -> float:
         """Seconds for ``level`` to catch up on ``n_tokens`` it has not seen (0 for unknown levels)."""
@@ -88,7 +99,7 @@ class Profiler:
         if level not in self.tables:
             return
         if T <= 2 * T_GRID[-1]:
-            self.tables[level].observe(B, T, seconds)
+            self.tables[level].observe(B, self.width(level, T), seconds)
         elif B == 1:  # a catch-up pass: prefill-sized, not a decode cost
             rate = seconds / T
             old = self.prefill.get(level, rate)
@@ -117,7 +128,7 @@ class Profiler:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps({"level": name, "cost": cost, "prefill_s_per_token": prefill[name]}))
-        return cls(tables, prefill)
+        return cls(tables, prefill, levels=levels)
 
 
 def _cache_key(level, b_grid, ctx) -> str:
