@@ -12,7 +12,7 @@ that covers), plus every special token of the tokenizer (end of turn must stay p
 Losslessness: the restricted head is the draft's whole distribution q, zero outside the kept ids
 (logits -inf there). Verification compares the target's p with exactly that q, so a target token
 outside the set is simply never proposed: it costs acceptance, never correctness. Only a draft may
-carry it; the engine refuses a target whose head is restricted (``SpecRouter``).
+carry it; the engine refuses a target whose head is restricted (``SpeculativeEngine``).
 
 Boundary: which ids (``draft_vocab_ids``) and the head module; the loader decides when.
 """
@@ -61,7 +61,7 @@ class VocabSubsetHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sub = self.inner(x)  # [..., N']
         out = sub.new_full((*sub.shape[:-1], self.vocab_size), float("-inf"))
-        return out.index_copy_(-1, self.ids.to(sub.device), sub)
+        return out.index_copy_(-1, self.ids, sub)  # ids live on the head's device: no copy per step
 
 
 def is_restricted(head: nn.Module) -> bool:

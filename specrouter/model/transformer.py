@@ -192,7 +192,7 @@ class Transformer(nn.Module):
         kind = self.quant.head
         opts = {"group_size": self.quant.group_size} if kind == "int4" else {}
         rows = weight[ids.to(weight.device)].to(device=self.device, dtype=self.dtype).contiguous()  # [N, dim]
-        self.lm_head = VocabSubsetHead(make_linear(rows, None, kind, **opts), ids, self.args.vocab_size)
+        self.lm_head = VocabSubsetHead(make_linear(rows, None, kind, **opts), ids.to(self.device), self.args.vocab_size)
 
     def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:
         max_seq_len = min(max_seq_len or self.args.max_position, self.args.max_position)
